@@ -1,0 +1,3 @@
+"""The Convex OAuth sidecar."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,351 @@
+"""One frozen settings object, read from a TOML file with environment overrides.
+
+Every key is documented in ``config/sidecar.example.toml``. A bad value raises
+:class:`ConfigError` naming the key; the command line turns that into one line
+on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+
+class ConfigError(Exception):
+    """A configuration value that cannot be used; ``key`` names it."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        self.message = message
+        super().__init__(f"{key}: {message}")
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A protected resource (an MCP endpoint) tokens may be issued for."""
+
+    url: str  # canonical absolute URL, no fragment, no trailing slash unless it is the root
+
+    @property
+    def path(self) -> str:
+        return urlsplit(self.url).path or "/"
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("auto", "json", "console")
+STORE_SCHEMES = ("sqlite", "memory", "redis", "rediss", "redis+sentinel", "redis+cluster")
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where the app is and how clients see us.
+    upstream_url: str = "http://127.0.0.1:3000"
+    public_url: str = ""  # filled from host and port when empty
+    host: str = "127.0.0.1"
+    port: int = 8080
+    issuer: str = ""  # filled as public_url + "/oauth" when empty
+    # State and keys.
+    store_url: str = "sqlite:///./data/sidecar.db"
+    data_dir: str = "./data"
+    jwks: str | None = None
+    better_auth_secret: str | None = None
+    better_auth_secrets: str | None = None
+    signing_key_file: str | None = None
+    # The app's Better Auth.
+    session_issuer: str | None = None
+    auth_base_path: str = "/api/auth"
+    login_url: str = "/login"
+    # OAuth.
+    resources: tuple[Resource, ...] = ()
+    access_token_ttl: int = 3600
+    refresh_token_ttl: int = 30 * 86400
+    code_ttl: int = 60
+    pending_authorization_ttl: int = 600
+    scopes: tuple[str, ...] = ("openid", "profile", "email", "offline_access")
+    # Proxy.
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    preserve_host: bool = False
+    upstream_connect_timeout: float = 5.0
+    upstream_response_timeout: float = 60.0
+    upstream_pool_size: int = 512
+    shutdown_timeout: float = 30.0
+    # Observability.
+    log_level: str = "info"
+    log_format: str = "auto"
+    access_log: bool = True
+
+    @property
+    def default_resource(self) -> Resource | None:
+        return self.resources[0] if self.resources else None
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective configuration for display, secrets replaced."""
+        shown: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in SECRET_KEYS and value:
+                value = "<redacted>"
+            elif f.name == "resources":
+                value = [r.url for r in value]
+            elif f.name == "trusted_proxies":
+                value = [str(n) for n in value]
+            elif isinstance(value, tuple):
+                value = list(value)
+            shown[f.name] = value
+        return shown
+
+
+SECRET_KEYS = frozenset({"jwks", "better_auth_secret", "better_auth_secrets"})
+
+# Environment names for keys whose variable is not SIDECAR_<KEY>. The first
+# name found wins; these follow what the Convex deployment and Better Auth read.
+ENV_ALIASES: Mapping[str, tuple[str, ...]] = {
+    "jwks": ("SIDECAR_JWKS", "JWKS"),
+    "better_auth_secret": ("BETTER_AUTH_SECRET",),
+    "better_auth_secrets": ("BETTER_AUTH_SECRETS",),
+    "session_issuer": ("SIDECAR_SESSION_ISSUER", "CONVEX_SITE_URL"),
+}
+
+
+def env_names(key: str) -> tuple[str, ...]:
+    return ENV_ALIASES.get(key, (f"SIDECAR_{key.upper()}",))
+
+
+def _field_names() -> set[str]:
+    return {f.name for f in dataclasses.fields(Settings)}
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build settings from (lowest first) defaults, the TOML file, the
+    environment, then explicit overrides (command-line options)."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    if config_file is None:
+        config_file = env.get("SIDECAR_CONFIG") or None
+    if config_file is not None:
+        raw.update(_read_toml(Path(config_file)))
+    known = _field_names()
+    for key in known:
+        for name in env_names(key):
+            if name in env and env[name] != "":
+                raw[key] = env[name]
+                break
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            raw[key] = value
+    return _build(raw)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
+    known = _field_names()
+    for key in data:
+        if key not in known:
+            raise ConfigError(key, f"unknown key in {path}")
+    return data
+
+
+# -- parsing ---------------------------------------------------------------
+
+
+def _as_str(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(key, f"must be a string, got {value!r}")
+    return value.strip()
+
+
+def _as_int(key: str, value: Any, minimum: int = 0, maximum: int | None = None) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(key, f"must be a whole number, got {value!r}")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"must be a whole number, got {value!r}") from None
+    if number < minimum or (maximum is not None and number > maximum):
+        bounds = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
+        raise ConfigError(key, f"must be {bounds}, got {number}")
+    return number
+
+
+def _as_float(key: str, value: Any, minimum: float = 0.0) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(key, f"must be a number of seconds, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"must be a number of seconds, got {value!r}") from None
+    if number != number or number < minimum:  # NaN or too small
+        raise ConfigError(key, f"must be at least {minimum}, got {value!r}")
+    return number
+
+
+def _as_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(key, f"must be true or false, got {value!r}")
+
+
+def _as_list(key: str, value: Any) -> list[str]:
+    """A TOML array of strings, or a comma-separated string (environment)."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return [item.strip() for item in value if item.strip()]
+    raise ConfigError(key, f"must be a list of strings, got {value!r}")
+
+
+def _as_origin(key: str, value: Any) -> str:
+    """An http(s) origin: scheme and host (and port), no path, query or fragment."""
+    text = _as_str(key, value).rstrip("/")
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ConfigError(key, f"is not a valid URL: {text!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(key, f"must be an http or https URL, got {text!r}")
+    if parts.path or parts.query or parts.fragment or parts.username:
+        raise ConfigError(key, f"must be an origin without path, query or user, got {text!r}")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _as_path(key: str, value: Any) -> str:
+    text = _as_str(key, value)
+    if not text.startswith("/") or "?" in text or "#" in text:
+        raise ConfigError(key, f"must be an absolute path like /api/auth, got {text!r}")
+    return text.rstrip("/") or "/"
+
+
+def _as_choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
+    text = _as_str(key, value).lower()
+    if text not in choices:
+        raise ConfigError(key, f"must be one of {', '.join(choices)}, got {text!r}")
+    return text
+
+
+def _as_store_url(key: str, value: Any) -> str:
+    text = _as_str(key, value)
+    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
+    if scheme not in STORE_SCHEMES:
+        raise ConfigError(key, f"must start with one of {', '.join(STORE_SCHEMES)}://, got {text!r}")
+    return text
+
+
+def _as_networks(
+    key: str, value: Any
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    networks = []
+    for item in _as_list(key, value):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(key, f"{item!r} is not an IP address or CIDR range") from None
+    return tuple(networks)
+
+
+def _as_resources(key: str, value: Any, public_url: str) -> tuple[Resource, ...]:
+    resources = []
+    for item in _as_list(key, value):
+        url = public_url + item if item.startswith("/") else item
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(key, f"{item!r} must be a path or an http(s) URL")
+        if parts.fragment or "#" in url:
+            raise ConfigError(key, f"{item!r} must not have a fragment (RFC 8707 section 2)")
+        if parts.query:
+            raise ConfigError(key, f"{item!r} must not have a query")
+        path = parts.path.rstrip("/")
+        resources.append(Resource(url=f"{parts.scheme}://{parts.netloc.lower()}{path}"))
+    return tuple(resources)
+
+
+def _build(raw: Mapping[str, Any]) -> Settings:
+    defaults = Settings()
+    values: dict[str, Any] = {}
+
+    def take(key: str, parse: Callable[[str, Any], Any]) -> None:
+        if key in raw:
+            values[key] = parse(key, raw[key])
+
+    take("upstream_url", _as_origin)
+    take("host", _as_str)
+    take("port", lambda k, v: _as_int(k, v, 0, 65535))
+    host = values.get("host", defaults.host)
+    port = values.get("port", defaults.port)
+    if "public_url" in raw and str(raw["public_url"]).strip():
+        values["public_url"] = _as_origin("public_url", raw["public_url"])
+    else:
+        shown_host = f"[{host}]" if ":" in host else host
+        shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else shown_host  # noqa: S104
+        values["public_url"] = f"http://{shown_host}:{port}"
+    public_url = values["public_url"]
+
+    if "issuer" in raw and str(raw["issuer"]).strip():
+        issuer = _as_str("issuer", raw["issuer"]).rstrip("/")
+        parts = urlsplit(issuer)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError("issuer", f"must be an http(s) URL, got {issuer!r}")
+        if parts.query or parts.fragment:
+            raise ConfigError("issuer", "must not have a query or fragment (RFC 8414 section 2)")
+        if not parts.path.startswith("/oauth"):
+            raise ConfigError("issuer", f"must end in the /oauth namespace, got {issuer!r}")
+        values["issuer"] = issuer
+    else:
+        values["issuer"] = public_url + "/oauth"
+
+    take("store_url", _as_store_url)
+    take("data_dir", _as_str)
+    for key in ("jwks", "better_auth_secret", "better_auth_secrets", "signing_key_file"):
+        if key in raw and str(raw[key]).strip():
+            values[key] = _as_str(key, raw[key])
+    if "session_issuer" in raw and str(raw["session_issuer"]).strip():
+        values["session_issuer"] = _as_str("session_issuer", raw["session_issuer"]).rstrip("/")
+    take("auth_base_path", _as_path)
+    if "login_url" in raw:
+        login = _as_str("login_url", raw["login_url"])
+        if not (login.startswith("/") or login.startswith(("http://", "https://"))):
+            raise ConfigError("login_url", f"must be a path or an http(s) URL, got {login!r}")
+        values["login_url"] = login
+    if "resources" in raw:
+        values["resources"] = _as_resources("resources", raw["resources"], public_url)
+    take("access_token_ttl", lambda k, v: _as_int(k, v, 30, 86400))
+    take("refresh_token_ttl", lambda k, v: _as_int(k, v, 60))
+    take("code_ttl", lambda k, v: _as_int(k, v, 5, 600))
+    take("pending_authorization_ttl", lambda k, v: _as_int(k, v, 30, 3600))
+    if "scopes" in raw:
+        values["scopes"] = tuple(_as_list("scopes", raw["scopes"]))
+    take("trusted_proxies", _as_networks)
+    take("preserve_host", _as_bool)
+    take("upstream_connect_timeout", lambda k, v: _as_float(k, v, 0.1))
+    take("upstream_response_timeout", lambda k, v: _as_float(k, v, 0.1))
+    take("upstream_pool_size", lambda k, v: _as_int(k, v, 1, 100_000))
+    take("shutdown_timeout", lambda k, v: _as_float(k, v, 0.0))
+    take("log_level", lambda k, v: _as_choice(k, v, LOG_LEVELS))
+    take("log_format", lambda k, v: _as_choice(k, v, LOG_FORMATS))
+    take("access_log", _as_bool)
+    return dataclasses.replace(defaults, **values)
+
+
+__all__ = ["ConfigError", "Resource", "Settings", "env_names", "load_settings"]

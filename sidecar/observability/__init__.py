@@ -1,0 +1,1 @@
+"""Logs, request ids, access lines and health probes."""

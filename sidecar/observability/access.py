@@ -1,0 +1,67 @@
+"""Plain ASGI middleware: request id, one access log line per request.
+
+Plain ASGI rather than BaseHTTPMiddleware: that one breaks streaming and
+contextvars (see STYLE.md).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sidecar.observability.context import RequestContext, request_id_from
+
+log = structlog.get_logger("sidecar.access")
+
+
+class AccessMiddleware:
+    def __init__(self, app: ASGIApp, classify: Callable[[str], str], log_requests: bool = True):
+        self.app = app
+        self.classify = classify
+        self.log_requests = log_requests
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        ctx = RequestContext(
+            request_id=request_id_from(scope["headers"]), route=self.classify(scope["path"])
+        )
+        scope["sidecar"] = ctx
+        structlog.contextvars.bind_contextvars(request_id=ctx.request_id)
+        status = 0
+        request_id_header = (b"x-request-id", ctx.request_id.encode("ascii"))
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), request_id_header]
+            elif message["type"] == "websocket.accept":
+                status = 101
+            elif message["type"] == "websocket.close" and status == 0:
+                status = 403
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except BaseException:
+            status = status or 500
+            raise
+        finally:
+            if self.log_requests:
+                log.info(
+                    "request",
+                    route=ctx.route,
+                    method=scope.get("method", "GET") if scope["type"] == "http" else "WS",
+                    path=scope["path"],
+                    status=status,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                    upstream_ms=ctx.upstream_ms,
+                    client=scope["client"][0] if scope.get("client") else None,
+                )
+            structlog.contextvars.unbind_contextvars("request_id")

@@ -1,0 +1,44 @@
+"""Per-request context: the request id, the route class and timings.
+
+The access middleware puts one :class:`RequestContext` in the ASGI scope under
+``"sidecar"``; the proxy and the OAuth handlers fill in what they learn.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+# An inbound X-Request-Id is kept only when it is short and plain, so it can
+# never smuggle anything into a log line or an upstream header.
+_SAFE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{8,128}$")
+
+
+@dataclass
+class RequestContext:
+    request_id: str
+    route: str
+    upstream_ms: float | None = None
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(12)
+
+
+def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
+    for name, value in headers:
+        if name == b"x-request-id":
+            if _SAFE_REQUEST_ID.match(value):
+                return value.decode("ascii")
+            break
+    return new_request_id()
+
+
+def context_of(scope: dict[str, Any] | Any) -> RequestContext:
+    ctx = scope.get("sidecar")
+    if ctx is None:  # called outside the access middleware (unit tests)
+        ctx = RequestContext(request_id=new_request_id(), route="unknown")
+        scope["sidecar"] = ctx
+    return ctx  # type: ignore[no-any-return]

@@ -1,0 +1,141 @@
+"""Header rules of the proxy: hop-by-hop removal, X-Forwarded-*, Location.
+
+All functions work on raw ASGI header lists (lowercase ``bytes`` names) so no
+header is re-parsed or re-cased on the hot path.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+
+Headers = list[tuple[bytes, bytes]]
+
+# RFC 9110 section 7.6.1: connection-specific fields a proxy must not forward,
+# plus the older ones RFC 2616 listed (Trailer, Proxy-Authenticate,
+# Proxy-Authorization: credentials meant for a proxy never travel further).
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"proxy-connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+
+# Set by the proxy itself from what it knows of the peer; inbound copies are
+# dropped unless the peer is a trusted proxy.
+FORWARDED = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port",
+     b"forwarded", b"x-real-ip"}
+)
+
+# Handled here (100-continue is answered by the server to the client), or
+# rebuilt by the proxy, so never copied verbatim.
+HANDLED = frozenset({b"host", b"expect", b"x-request-id"})
+
+
+def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """Field names listed in Connection (RFC 9110 section 7.6.1), lowercased."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return frozenset(tokens)
+
+
+def is_trusted(peer: str | None, trusted: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    if not peer or not trusted:
+        return False
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    return any(address in network for network in trusted)
+
+
+def upstream_request_headers(
+    headers: Sequence[tuple[bytes, bytes]],
+    *,
+    peer: str | None,
+    scheme: str,
+    trusted_peer: bool,
+    upstream_host: bytes,
+    preserve_host: bool,
+    request_id: str,
+    drop_prefixes: tuple[bytes, ...] = (),
+) -> list[tuple[str, str]]:
+    """The headers to send upstream for one inbound request."""
+    tokens = connection_tokens(headers)
+    out: list[tuple[str, str]] = []
+    inbound_host = b""
+    chain: list[str] = []  # X-Forwarded-For from trusted proxies, oldest first
+    proto = ""
+    forwarded_host = ""
+    for name, value in headers:
+        if name == b"host":
+            inbound_host = value
+            continue
+        if name in FORWARDED:
+            if trusted_peer:
+                text = value.decode("latin-1")
+                if name == b"x-forwarded-for":
+                    chain.append(text)
+                elif name == b"x-forwarded-proto":
+                    proto = proto or text
+                elif name == b"x-forwarded-host":
+                    forwarded_host = forwarded_host or text
+                else:
+                    out.append((name.decode("latin-1"), text))
+            continue
+        if name in HOP_BY_HOP or name in HANDLED or name in tokens:
+            continue
+        if drop_prefixes and name.startswith(drop_prefixes):
+            continue
+        out.append((name.decode("latin-1"), value.decode("latin-1")))
+    host = inbound_host if preserve_host and inbound_host else upstream_host
+    out.append(("host", host.decode("latin-1")))
+    if peer:
+        chain.append(peer)
+    if chain:
+        out.append(("x-forwarded-for", ", ".join(chain)))
+    out.append(("x-forwarded-proto", proto or scheme))
+    forwarded_host = forwarded_host or inbound_host.decode("latin-1")
+    if forwarded_host:
+        out.append(("x-forwarded-host", forwarded_host))
+    out.append(("x-request-id", request_id))
+    return out
+
+
+def client_response_headers(
+    raw: Iterable[tuple[bytes, bytes]],
+    *,
+    upstream_origin: bytes,
+    public_origin: bytes,
+) -> Headers:
+    """Upstream response headers as sent to the client: hop-by-hop removed,
+    every Set-Cookie kept in order, Location on the upstream origin rewritten."""
+    raw = list(raw)
+    tokens = connection_tokens((n.lower(), v) for n, v in raw)
+    out: Headers = []
+    for name, value in raw:
+        lname = name.lower()
+        if lname in HOP_BY_HOP or lname in tokens or lname == b"x-request-id":
+            continue
+        if lname == b"location":
+            value = rewrite_location(value, upstream_origin, public_origin)
+        out.append((lname, value))
+    return out
+
+
+def rewrite_location(value: bytes, upstream_origin: bytes, public_origin: bytes) -> bytes:
+    """Point an absolute Location at the upstream's own origin to the public URL."""
+    n = len(upstream_origin)
+    if value[:n].lower() == upstream_origin and (len(value) == n or value[n : n + 1] in b"/?#"):
+        return public_origin + value[n:]
+    return value

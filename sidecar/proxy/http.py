@@ -1,0 +1,228 @@
+"""The HTTP side of the proxy, as a plain ASGI app.
+
+Bodies stream both ways: the request body is read from ``receive`` as the
+upstream client writes it, and the response body is sent as each chunk arrives
+(Server-Sent Events and MCP streamable HTTP depend on it). A client that goes
+away cancels its upstream request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from urllib.parse import urlsplit
+
+import structlog
+from starlette.types import Receive, Scope, Send
+
+from sidecar.config import Settings
+from sidecar.observability.context import context_of
+from sidecar.proxy.headers import client_response_headers, is_trusted, upstream_request_headers
+from sidecar.proxy.upstream import UpstreamClient, UpstreamError, UpstreamTimeout
+from sidecar.proxy.websocket import proxy_websocket
+
+log = structlog.get_logger("sidecar.proxy")
+
+
+class ClientDisconnected(Exception):
+    """The client went away before the response was complete."""
+
+
+class ProxyApp:
+    def __init__(
+        self,
+        settings: Settings,
+        upstream: UpstreamClient,
+        drop_header_prefixes: Sequence[bytes] = (),
+    ) -> None:
+        self.settings = settings
+        self.upstream = upstream
+        parts = urlsplit(settings.upstream_url)
+        self.upstream_host = parts.netloc.encode("latin-1")
+        self.upstream_origin = settings.upstream_url.lower().encode("latin-1")
+        self.public_origin = settings.public_url.encode("latin-1")
+        self.response_timeout = settings.upstream_response_timeout
+        self.drop_prefixes = tuple(drop_header_prefixes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.http(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await proxy_websocket(self, scope, receive, send)
+
+    # -- building the upstream request --------------------------------------
+
+    def target(self, scope: Scope) -> str:
+        """Path and query exactly as the client sent them (``%2F``, ``//``,
+        ``+`` and percent-encoded non-ASCII stay byte for byte)."""
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        query: bytes = scope.get("query_string", b"")
+        target = raw_path.decode("latin-1")
+        if query:
+            target += "?" + query.decode("latin-1")
+        return target
+
+    def headers_for(self, scope: Scope) -> list[tuple[str, str]]:
+        peer = scope["client"][0] if scope.get("client") else None
+        return upstream_request_headers(
+            scope["headers"],
+            peer=peer,
+            scheme=scope.get("scheme", "http"),
+            trusted_peer=is_trusted(peer, self.settings.trusted_proxies),
+            upstream_host=self.upstream_host,
+            preserve_host=self.settings.preserve_host,
+            request_id=context_of(scope).request_id,
+            drop_prefixes=self.drop_prefixes,
+        )
+
+    # -- the exchange -------------------------------------------------------
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ctx = context_of(scope)
+        started = time.perf_counter()
+        main_task = asyncio.current_task()
+        disconnected = False
+        watcher: asyncio.Task[None] | None = None
+
+        async def watch_for_disconnect() -> None:
+            # Runs once the request body is read: the next message can only be
+            # http.disconnect, and then the upstream request must stop too.
+            nonlocal disconnected
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    disconnected = True
+                    if main_task is not None:
+                        main_task.cancel()
+                    return
+
+        def start_watcher() -> None:
+            nonlocal watcher
+            if watcher is None:
+                watcher = asyncio.create_task(watch_for_disconnect())
+
+        has_body = _has_body(scope["headers"])
+        loop = asyncio.get_running_loop()
+
+        try:
+            async with asyncio.timeout(None) as deadline:
+
+                async def body() -> AsyncIterator[bytes]:
+                    nonlocal disconnected
+                    while True:
+                        message = await receive()
+                        if message["type"] == "http.disconnect":
+                            disconnected = True
+                            raise ClientDisconnected
+                        # The response timeout counts from the last uploaded
+                        # byte, so a long upload is not cut off by it.
+                        deadline.reschedule(loop.time() + self.response_timeout)
+                        chunk = message.get("body", b"")
+                        if chunk:
+                            yield chunk
+                        if not message.get("more_body", False):
+                            start_watcher()
+                            return
+
+                if not has_body:
+                    start_watcher()
+                deadline.reschedule(loop.time() + self.response_timeout)
+                response = await self.upstream.request(
+                    scope["method"],
+                    self.target(scope),
+                    self.headers_for(scope),
+                    body() if has_body else None,
+                )
+                deadline.reschedule(None)
+        except asyncio.CancelledError:
+            if disconnected:
+                return
+            await self._cancel_watcher(watcher)
+            raise
+        except TimeoutError:
+            await self._cancel_watcher(watcher)
+            await self.send_error(send, UpstreamTimeout("no response in time"), ctx.request_id)
+            return
+        except UpstreamError as exc:
+            await self._cancel_watcher(watcher)
+            if not disconnected:
+                await self.send_error(send, exc, ctx.request_id)
+            return
+        ctx.upstream_ms = round((time.perf_counter() - started) * 1000, 3)
+
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": response.status,
+                    "headers": client_response_headers(
+                        response.raw_headers,
+                        upstream_origin=self.upstream_origin,
+                        public_origin=self.public_origin,
+                    ),
+                }
+            )
+            if scope["method"] != "HEAD":
+                async for chunk in response.iter_body():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            response.release()
+        except asyncio.CancelledError:
+            response.close()
+            if disconnected:
+                log.info("client disconnected; upstream request cancelled")
+                return
+            raise
+        except UpstreamError as exc:
+            # Headers are gone already; all we can do is cut the connection.
+            response.close()
+            log.warning("upstream broke off mid-response", error=str(exc))
+            raise
+        finally:
+            await self._cancel_watcher(watcher)
+
+    @staticmethod
+    async def _cancel_watcher(watcher: asyncio.Task[None] | None) -> None:
+        if watcher is not None and not watcher.done():
+            watcher.cancel()
+            try:
+                await watcher
+            except asyncio.CancelledError:
+                pass
+
+    @staticmethod
+    async def send_error(send: Send, exc: UpstreamError, request_id: str) -> None:
+        log.warning("upstream error", error=str(exc), status=exc.status)
+        body = json.dumps(
+            {
+                "error": exc.code,
+                "error_description": "the upstream app timed out"
+                if isinstance(exc, UpstreamTimeout)
+                else "the upstream app is unreachable",
+                "request_id": request_id,
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": exc.status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"cache-control", b"no-store"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def _has_body(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            return True
+        if name == b"content-length":
+            return value.strip() not in (b"0", b"")
+    return False
+

@@ -1,0 +1,38 @@
+"""Running the app under uvicorn: uvloop and httptools, graceful drain on SIGTERM."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from sidecar.app import create_app
+from sidecar.config import Settings
+from sidecar.observability.logging import configure_logging
+
+
+def uvicorn_config(settings: Settings) -> uvicorn.Config:
+    return uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        ws="websockets-sansio",
+        lifespan="on",
+        # X-Forwarded-* are handled by the proxy against trusted_proxies;
+        # uvicorn's own handling would rewrite the peer address first.
+        proxy_headers=False,
+        server_header=False,
+        date_header=False,
+        access_log=False,
+        log_config=None,
+        # SIGTERM: stop accepting, let in-flight requests finish, then exit.
+        timeout_graceful_shutdown=settings.shutdown_timeout,
+        timeout_keep_alive=15,
+    )
+
+
+def serve(settings: Settings) -> int:
+    configure_logging(settings.log_level, settings.log_format)
+    server = uvicorn.Server(uvicorn_config(settings))
+    server.run()
+    return 0 if server.started else 1

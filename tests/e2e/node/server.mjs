@@ -1,0 +1,70 @@
+// A real Better Auth + convex() server, run in plain Node without Convex.
+// Used by the sidecar's end-to-end tests, benchmark and demo.
+//
+// Environment:
+//   PORT             listen port on 127.0.0.1 (default 3000)
+//   CONVEX_SITE_URL  the session JWT issuer (default http://127.0.0.1:$PORT)
+//   BETTER_AUTH_SECRET, BETTER_AUTH_SECRETS  as Better Auth reads them
+//   JWKS             optional static JWKS (the deployment's value)
+//   TRUSTED_ORIGINS  comma-separated extra trusted origins (the sidecar's)
+//   BETTER_AUTH_URL  the app's public base URL
+import http from "node:http";
+
+const port = Number(process.env.PORT ?? 3000);
+process.env.CONVEX_SITE_URL ??= `http://127.0.0.1:${port}`;
+process.env.BETTER_AUTH_SECRET ??= "e2e-secret-0123456789abcdef0123456789abcdef";
+
+const { betterAuth } = await import("better-auth");
+const { memoryAdapter } = await import("better-auth/adapters/memory");
+const { toNodeHandler } = await import("better-auth/node");
+const { convex } = await import("@convex-dev/better-auth/plugins");
+const { getAuthConfigProvider } = await import("@convex-dev/better-auth/auth-config");
+
+const jwks = process.env.JWKS || undefined;
+const authConfig = { providers: [getAuthConfigProvider({ jwks })] };
+const trustedOrigins = (process.env.TRUSTED_ORIGINS ?? "")
+  .split(",")
+  .map((o) => o.trim())
+  .filter(Boolean);
+
+const db = { user: [], session: [], account: [], verification: [], jwks: [] };
+const auth = betterAuth({
+  baseURL: process.env.BETTER_AUTH_URL ?? `http://127.0.0.1:${port}`,
+  database: memoryAdapter(db),
+  emailAndPassword: { enabled: true },
+  trustedOrigins,
+  plugins: [convex({ authConfig, jwks })],
+  logger: { level: "error" },
+});
+// Outside Convex, convex() drops every write unless the adapter says it runs
+// in a mutation context (REFERENCES.md).
+(await auth.$context).adapter.options.isRunMutationCtx = true;
+
+const authHandler = toNodeHandler(auth);
+
+const loginPage = `<!doctype html><html><body><h1>Sign in</h1>
+<form id="f"><input name="email"><input name="password" type="password"><button>Sign in</button></form>
+</body></html>`;
+
+const server = http.createServer((req, res) => {
+  if (req.url.startsWith("/api/auth")) {
+    return authHandler(req, res);
+  }
+  if (req.url.startsWith("/login")) {
+    res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
+    return res.end(loginPage);
+  }
+  if (req.url === "/healthz") {
+    res.writeHead(200, { "content-type": "text/plain" });
+    return res.end("ok");
+  }
+  res.writeHead(404, { "content-type": "application/json" });
+  res.end(JSON.stringify({ error: "not_found", path: req.url }));
+});
+server.keepAliveTimeout = 30_000;
+server.listen(port, "127.0.0.1", () => {
+  console.log(`better-auth e2e server listening on http://127.0.0.1:${port}`);
+});
+for (const sig of ["SIGTERM", "SIGINT"]) {
+  process.on(sig, () => server.close(() => process.exit(0)));
+}

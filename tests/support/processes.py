@@ -1,0 +1,195 @@
+"""Real processes for tests: the sidecar, a local upstream, Node, redis-server.
+
+Every process is started on a free loopback port, waited for until it answers,
+and stopped (then killed) at teardown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+NODE_DIR = ROOT / "tests" / "e2e" / "node"
+SHARED = ROOT.parent / "shared"
+FIXTURES = SHARED / "fixtures" / "better-auth"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip when a real component is missing on a user's machine; in CI the
+    same absence is a failure, never a skip."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"CI=true but {reason}")
+    pytest.skip(reason)
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_records(self) -> list[dict[str, object]]:
+        records = []
+        for line in self.log_text().splitlines():
+            line = line.strip()
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    records.append(json.loads(line))
+        return records
+
+    def rss_kib(self) -> int:
+        return _status_field(self.popen.pid, "VmRSS")
+
+    def peak_rss_kib(self) -> int:
+        return _status_field(self.popen.pid, "VmHWM")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        return self.popen.returncode
+
+
+def _status_field(pid: int, name: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split()[1])
+    raise LookupError(name)
+
+
+def start(
+    name: str,
+    argv: list[str],
+    *,
+    port: int,
+    env: Mapping[str, str] | None = None,
+    ready_path: str = "/",
+    cwd: Path | None = None,
+    timeout: float = 30.0,
+) -> Process:
+    log_dir = Path(tempfile.mkdtemp(prefix=f"sidecar-test-{name}-"))
+    log_path = log_dir / "output.log"
+    full_env = {**os.environ, **(env or {})}
+    log_file = log_path.open("wb")
+    popen = subprocess.Popen(  # noqa: S603 - our own commands
+        argv, stdout=log_file, stderr=subprocess.STDOUT, env=full_env, cwd=cwd or ROOT
+    )
+    log_file.close()
+    process = Process(name, popen, port, log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if popen.poll() is not None:
+            raise RuntimeError(f"{name} exited with {popen.returncode}:\n{process.log_text()}")
+        try:
+            httpx.get(process.url + ready_path, timeout=1.0)
+            return process
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    process.stop(signal.SIGKILL)
+    raise RuntimeError(f"{name} did not answer within {timeout}s:\n{process.log_text()}")
+
+
+def sidecar_env(upstream_url: str, port: int, **extra: str) -> dict[str, str]:
+    data_dir = tempfile.mkdtemp(prefix="sidecar-data-")
+    env = {
+        "SIDECAR_UPSTREAM_URL": upstream_url,
+        "SIDECAR_PORT": str(port),
+        "SIDECAR_HOST": "127.0.0.1",
+        "SIDECAR_DATA_DIR": data_dir,
+        "SIDECAR_STORE_URL": f"sqlite:///{data_dir}/sidecar.db",
+        "SIDECAR_LOG_FORMAT": "json",
+        "SIDECAR_SHUTDOWN_TIMEOUT": "10",
+    }
+    env.update(extra)
+    return env
+
+
+def start_sidecar(upstream_url: str, **extra: str) -> Process:
+    port = free_port()
+    return start(
+        "sidecar",
+        [sys.executable, "-m", "sidecar", "serve"],
+        port=port,
+        env=sidecar_env(upstream_url, port, **extra),
+        ready_path="/oauth/healthz",
+    )
+
+
+def start_upstream(app: str = "tests.support.upstream_app:app") -> Process:
+    port = free_port()
+    return start(
+        "upstream",
+        [
+            sys.executable, "-m", "uvicorn", app, "--port", str(port),
+            "--loop", "uvloop", "--http", "httptools", "--ws", "websockets-sansio",
+            "--no-access-log", "--log-level", "warning",
+        ],
+        port=port,
+        ready_path="/health",
+    )
+
+
+def node_available() -> bool:
+    return shutil.which("node") is not None and (NODE_DIR / "node_modules" / "better-auth").is_dir()
+
+
+def start_better_auth(**extra: str) -> Process:
+    require(
+        node_available(),
+        "Node or the Better Auth fixture is missing (run `make test`, which installs it with npm)",
+    )
+    port = free_port()
+    env = {"PORT": str(port), **extra}
+    return start(
+        "better-auth",
+        ["node", "server.mjs"],
+        port=port,
+        env=env,
+        ready_path="/healthz",
+        cwd=NODE_DIR,
+    )
+
+
+@contextlib.contextmanager
+def running(process: Process) -> Iterator[Process]:
+    try:
+        yield process
+    finally:
+        process.stop()

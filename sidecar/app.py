@@ -7,8 +7,6 @@ lifespan opens and closes the shared upstream client.
 
 from __future__ import annotations
 
-from typing import Any
-
 import structlog
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -87,7 +85,7 @@ class SidecarApp:
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
-            message: dict[str, Any] = await receive()
+            message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
                     await self.startup()

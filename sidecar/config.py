@@ -249,13 +249,13 @@ def _as_store_url(key: str, value: Any) -> str:
     text = _as_str(key, value)
     scheme = text.split("://", 1)[0].lower() if "://" in text else ""
     if scheme not in STORE_SCHEMES:
-        raise ConfigError(key, f"must start with one of {', '.join(STORE_SCHEMES)}://, got {text!r}")
+        raise ConfigError(
+            key, f"must start with one of {', '.join(STORE_SCHEMES)}://, got {text!r}"
+        )
     return text
 
 
-def _as_networks(
-    key: str, value: Any
-) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+def _as_networks(key: str, value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     networks = []
     for item in _as_list(key, value):
         try:
@@ -298,7 +298,7 @@ def _build(raw: Mapping[str, Any]) -> Settings:
         values["public_url"] = _as_origin("public_url", raw["public_url"])
     else:
         shown_host = f"[{host}]" if ":" in host else host
-        shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else shown_host  # noqa: S104
+        shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else shown_host
         values["public_url"] = f"http://{shown_host}:{port}"
     public_url = values["public_url"]
 

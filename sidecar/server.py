@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+from types import FrameType
+
+import structlog
 import uvicorn
 
 from sidecar.app import create_app
@@ -26,13 +30,32 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         access_log=False,
         log_config=None,
         # SIGTERM: stop accepting, let in-flight requests finish, then exit.
-        timeout_graceful_shutdown=settings.shutdown_timeout,
+        timeout_graceful_shutdown=round(settings.shutdown_timeout),
         timeout_keep_alive=15,
     )
 
 
+class Server(uvicorn.Server):
+    """uvicorn's server, but a drained shutdown ends with exit code 0.
+
+    uvicorn re-raises SIGTERM after draining, so the process would end "killed
+    by signal"; a sidecar that finished every in-flight request has exited
+    cleanly, and orchestrators and `make run` should see that.
+    """
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.should_exit:
+            structlog.get_logger("sidecar").info(
+                "shutting down: no new connections, draining in-flight requests",
+                signal=signal.Signals(sig).name,
+                timeout_s=self.config.timeout_graceful_shutdown,
+            )
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()
+
+
 def serve(settings: Settings) -> int:
     configure_logging(settings.log_level, settings.log_format)
-    server = uvicorn.Server(uvicorn_config(settings))
+    server = Server(uvicorn_config(settings))
     server.run()
     return 0 if server.started else 1

@@ -41,4 +41,4 @@ def context_of(scope: dict[str, Any] | Any) -> RequestContext:
     if ctx is None:  # called outside the access middleware (unit tests)
         ctx = RequestContext(request_id=new_request_id(), route="unknown")
         scope["sidecar"] = ctx
-    return ctx  # type: ignore[no-any-return]
+    return ctx

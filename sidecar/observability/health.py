@@ -29,10 +29,15 @@ def health_routes(checks: dict[str, ReadinessCheck]) -> list[Route]:
                 problem = f"{type(exc).__name__}: {exc}"
             if problem:
                 failures[name] = problem
-        body = {"status": "not ready" if failures else "ready", "checks": {
-            name: failures.get(name, "ok") for name in checks}}
-        return JSONResponse(body, status_code=503 if failures else 200,
-                            headers={"cache-control": "no-store"})
+        body = {
+            "status": "not ready" if failures else "ready",
+            "checks": {name: failures.get(name, "ok") for name in checks},
+        }
+        return JSONResponse(
+            body, status_code=503 if failures else 200, headers={"cache-control": "no-store"}
+        )
 
-    return [Route(LIVE_PATH, live, methods=["GET", "HEAD"]),
-            Route(READY_PATH, ready, methods=["GET", "HEAD"])]
+    return [
+        Route(LIVE_PATH, live, methods=["GET", "HEAD"]),
+        Route(READY_PATH, ready, methods=["GET", "HEAD"]),
+    ]

@@ -31,8 +31,14 @@ HOP_BY_HOP = frozenset(
 # Set by the proxy itself from what it knows of the peer; inbound copies are
 # dropped unless the peer is a trusted proxy.
 FORWARDED = frozenset(
-    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port",
-     b"forwarded", b"x-real-ip"}
+    {
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"forwarded",
+        b"x-real-ip",
+    }
 )
 
 # Handled here (100-continue is answered by the server to the client), or
@@ -49,7 +55,9 @@ def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes
     return frozenset(tokens)
 
 
-def is_trusted(peer: str | None, trusted: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+def is_trusted(
+    peer: str | None, trusted: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
+) -> bool:
     if not peer or not trusted:
         return False
     try:

@@ -9,6 +9,7 @@ away cancels its upstream request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -187,10 +188,8 @@ class ProxyApp:
     async def _cancel_watcher(watcher: asyncio.Task[None] | None) -> None:
         if watcher is not None and not watcher.done():
             watcher.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-            except asyncio.CancelledError:
-                pass
 
     @staticmethod
     async def send_error(send: Send, exc: UpstreamError, request_id: str) -> None:
@@ -225,4 +224,3 @@ def _has_body(headers: Sequence[tuple[bytes, bytes]]) -> bool:
         if name == b"content-length":
             return value.strip() not in (b"0", b"")
     return False
-

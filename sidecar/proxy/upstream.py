@@ -43,6 +43,9 @@ class UpstreamResponse:
     async def iter_body(self) -> AsyncIterator[bytes]:
         """Body chunks as they arrive, never buffered whole."""
         try:
+            # iter_any hands over everything buffered so far in one piece:
+            # fewer, larger ASGI sends than iter_chunks (measured with
+            # `make bench`; per-send overhead dominates for large bodies).
             async for chunk in self._response.content.iter_any():
                 yield chunk
         except (aiohttp.ClientError, OSError) as exc:
@@ -120,6 +123,7 @@ class UpstreamClient:
             # replayed on another user's request.
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
+            read_bufsize=1 << 20,
             # Send only the headers the client sent.
             skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout),

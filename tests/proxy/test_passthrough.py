@@ -102,7 +102,14 @@ def test_hop_by_hop_request_headers_are_removed(sidecar: Process) -> None:
         },
     )
     names = [name for name, _ in seen["headers"]]
-    for hop in ("connection", "x-private-hop", "keep-alive", "te", "proxy-authorization", "upgrade"):
+    for hop in (
+        "connection",
+        "x-private-hop",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "upgrade",
+    ):
         assert hop not in names, hop
     assert ["x-end-to-end", "kept"] in seen["headers"]
 
@@ -188,5 +195,10 @@ def test_headers_the_client_did_not_send_are_not_added(sidecar: Process) -> None
 
     seen = json.loads(body[body.index(b"{") : body.rindex(b"}") + 1])
     names = {name for name, _ in seen["headers"]}
-    assert names == {"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
-                     "x-request-id"}
+    assert names == {
+        "host",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-request-id",
+    }

@@ -108,7 +108,7 @@ def start(
     log_path = log_dir / "output.log"
     full_env = {**os.environ, **(env or {})}
     log_file = log_path.open("wb")
-    popen = subprocess.Popen(  # noqa: S603 - our own commands
+    popen = subprocess.Popen(
         argv, stdout=log_file, stderr=subprocess.STDOUT, env=full_env, cwd=cwd or ROOT
     )
     log_file.close()
@@ -141,8 +141,8 @@ def sidecar_env(upstream_url: str, port: int, **extra: str) -> dict[str, str]:
     return env
 
 
-def start_sidecar(upstream_url: str, **extra: str) -> Process:
-    port = free_port()
+def start_sidecar(upstream_url: str, port: int | None = None, **extra: str) -> Process:
+    port = port or free_port()
     return start(
         "sidecar",
         [sys.executable, "-m", "sidecar", "serve"],
@@ -157,9 +157,21 @@ def start_upstream(app: str = "tests.support.upstream_app:app") -> Process:
     return start(
         "upstream",
         [
-            sys.executable, "-m", "uvicorn", app, "--port", str(port),
-            "--loop", "uvloop", "--http", "httptools", "--ws", "websockets-sansio",
-            "--no-access-log", "--log-level", "warning",
+            sys.executable,
+            "-m",
+            "uvicorn",
+            app,
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--ws",
+            "websockets-sansio",
+            "--no-access-log",
+            "--log-level",
+            "warning",
         ],
         port=port,
         ready_path="/health",

@@ -19,6 +19,9 @@ RELEASE = asyncio.Event()
 STATE: dict[str, Any] = {"stream_disconnects": 0, "stream_started": 0, "stream_finished": 0}
 
 PATTERN = bytes(range(256)) * 256  # 64 KiB of known bytes
+SMALL_JSON = json.dumps({"id": 42, "name": "small", "tags": ["a", "b"], "ok": True}).encode()
+SMALL_HEADERS = [(b"content-type", b"application/json"),
+                 (b"content-length", str(len(SMALL_JSON)).encode())]
 
 
 async def read_body(receive: Any) -> tuple[int, str, int]:
@@ -46,8 +49,12 @@ async def respond(send: Any, status: int, body: bytes, headers: list[tuple[bytes
 
 async def json_response(send: Any, data: Any, status: int = 200) -> None:
     body = json.dumps(data).encode()
-    await respond(send, status, body, [(b"content-type", b"application/json"),
-                                      (b"content-length", str(len(body)).encode())])
+    await respond(
+        send,
+        status,
+        body,
+        [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+    )
 
 
 async def app(scope: Scope, receive: Any, send: Any) -> None:
@@ -67,22 +74,36 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
 
     if path == "/health":
         await json_response(send, {"ok": True})
+    elif path == "/small":
+        await respond(send, 200, SMALL_JSON, SMALL_HEADERS)
     elif path.startswith("/echo") or path == "/%":
         size, digest, chunks = await read_body(receive)
-        await json_response(send, {
-            "method": scope["method"],
-            "raw_path": scope["raw_path"].decode("latin-1"),
-            "query_string": scope["query_string"].decode("latin-1"),
-            "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]],
-            "body_size": size,
-            "body_sha256": digest,
-            "body_chunks": chunks,
-        })
+        await json_response(
+            send,
+            {
+                "method": scope["method"],
+                "raw_path": scope["raw_path"].decode("latin-1"),
+                "query_string": scope["query_string"].decode("latin-1"),
+                "headers": [
+                    [k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]
+                ],
+                "body_size": size,
+                "body_sha256": digest,
+                "body_chunks": chunks,
+            },
+        )
     elif path == "/download":
         size = int(query.get("size", ["0"])[0])
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", b"application/octet-stream"),
-            (b"content-length", str(size).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/octet-stream"),
+                    (b"content-length", str(size).encode()),
+                ],
+            }
+        )
         sent = 0
         while sent < size:
             chunk = PATTERN[: min(len(PATTERN), size - sent)]
@@ -90,8 +111,16 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
             await send({"type": "http.response.body", "body": chunk, "more_body": sent < size})
     elif path == "/sse":
         RELEASE.clear()
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream"),
+                    (b"cache-control", b"no-cache"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": b"data: first\n\n", "more_body": True})
         # Nothing more until the test says so: a buffering proxy would hang here.
         await asyncio.wait_for(RELEASE.wait(), 20)
@@ -102,16 +131,26 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
         await json_response(send, {"released": True})
     elif path == "/stream-forever":
         STATE["stream_started"] += 1
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", b"text/plain")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/plain")],
+            }
+        )
         disconnected = asyncio.create_task(receive_until_disconnect(receive))
         try:
             for i in range(400):  # at most 20 s
                 if disconnected.done():
                     STATE["stream_disconnects"] += 1
                     return
-                await send({"type": "http.response.body", "body": f"tick {i}\n".encode(),
-                            "more_body": True})
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": f"tick {i}\n".encode(),
+                        "more_body": True,
+                    }
+                )
                 await asyncio.sleep(0.05)
             STATE["stream_finished"] += 1
             await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -128,29 +167,39 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
         await respond(send, 200, b"ok", headers)
     elif path == "/gzip":
         body = gzip.compress(b"compressed payload " * 100, mtime=0)
-        await respond(send, 200, body, [(b"content-type", b"text/plain"),
-                                        (b"content-encoding", b"gzip"),
-                                        (b"content-length", str(len(body)).encode())])
+        await respond(
+            send,
+            200,
+            body,
+            [
+                (b"content-type", b"text/plain"),
+                (b"content-encoding", b"gzip"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        )
     elif path == "/hop":
-        await respond(send, 200, b"hop", [
-            (b"content-type", b"text/plain"),
-            (b"connection", b"x-private-hop"),
-            (b"x-private-hop", b"must not pass"),
-            (b"keep-alive", b"timeout=5"),
-            (b"proxy-authenticate", b"Basic"),
-            (b"x-end-to-end", b"kept"),
-        ])
+        await respond(
+            send,
+            200,
+            b"hop",
+            [
+                (b"content-type", b"text/plain"),
+                (b"connection", b"x-private-hop"),
+                (b"x-private-hop", b"must not pass"),
+                (b"keep-alive", b"timeout=5"),
+                (b"proxy-authenticate", b"Basic"),
+                (b"x-end-to-end", b"kept"),
+            ],
+        )
     elif path == "/redirect":
         host = dict(scope["headers"]).get(b"host", b"").decode()
         target = query.get("to", [f"http://{host}/landed?x=1"])[0]
-        await respond(send, 302, b"", [(b"location", target.encode()),
-                                       (b"content-length", b"0")])
+        await respond(send, 302, b"", [(b"location", target.encode()), (b"content-length", b"0")])
     elif path == "/slow":
         await asyncio.sleep(float(query.get("delay", ["1"])[0]))
         await json_response(send, {"slow": True})
     elif path == "/status":
-        await respond(send, int(query.get("code", ["200"])[0]), b"",
-                      [(b"content-length", b"0")])
+        await respond(send, int(query.get("code", ["200"])[0]), b"", [(b"content-length", b"0")])
     else:
         await json_response(send, {"error": "not_found", "path": path}, 404)
 

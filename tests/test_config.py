@@ -1,0 +1,159 @@
+"""Configuration: TOML plus environment, validated with one clear line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sidecar.config import ConfigError, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "config" / "sidecar.example.toml"
+
+
+def test_defaults_are_the_embedded_ones() -> None:
+    s = load_settings(env={})
+    assert s.upstream_url == "http://127.0.0.1:3000"
+    assert (s.host, s.port) == ("127.0.0.1", 8080)
+    assert s.public_url == "http://127.0.0.1:8080"
+    assert s.issuer == "http://127.0.0.1:8080/oauth"
+    assert s.store_url == "sqlite:///./data/sidecar.db"
+    assert s.auth_base_path == "/api/auth"
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('upstream_url = "http://app:3000"\nport = 9000\n')
+    s = load_settings(path, env={"SIDECAR_PORT": "9100", "SIDECAR_PUBLIC_URL": "https://a.test/"})
+    assert s.upstream_url == "http://app:3000"
+    assert s.port == 9100
+    assert s.public_url == "https://a.test"
+    assert s.issuer == "https://a.test/oauth"
+
+
+def test_convex_and_better_auth_variable_names_are_read() -> None:
+    s = load_settings(
+        env={
+            "JWKS": "[]",
+            "BETTER_AUTH_SECRET": "s3cret",
+            "CONVEX_SITE_URL": "https://x.convex.site/",
+        }
+    )
+    assert s.jwks == "[]"
+    assert s.better_auth_secret == "s3cret"
+    assert s.session_issuer == "https://x.convex.site"
+    s = load_settings(
+        env={
+            "JWKS": "[1]",
+            "SIDECAR_JWKS": "[2]",
+            "CONVEX_SITE_URL": "https://a",
+            "SIDECAR_SESSION_ISSUER": "https://b",
+        }
+    )
+    assert s.jwks == "[2]"
+    assert s.session_issuer == "https://b"
+
+
+def test_resources_accept_paths_under_the_public_url() -> None:
+    s = load_settings(
+        env={
+            "SIDECAR_PUBLIC_URL": "https://app.test",
+            "SIDECAR_RESOURCES": "/api/mcp, https://other.test/mcp/",
+        }
+    )
+    assert [r.url for r in s.resources] == ["https://app.test/api/mcp", "https://other.test/mcp"]
+
+
+def test_trusted_proxies_are_parsed_as_networks() -> None:
+    s = load_settings(env={"SIDECAR_TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1"})
+    assert [str(n) for n in s.trusted_proxies] == ["10.0.0.0/8", "127.0.0.1/32"]
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"SIDECAR_PORT": "http"}, "port"),
+        ({"SIDECAR_PORT": "70000"}, "port"),
+        ({"SIDECAR_UPSTREAM_URL": "ftp://x"}, "upstream_url"),
+        ({"SIDECAR_UPSTREAM_URL": "http://x/path"}, "upstream_url"),
+        ({"SIDECAR_PUBLIC_URL": "not a url"}, "public_url"),
+        ({"SIDECAR_ISSUER": "https://x.test/other"}, "issuer"),
+        ({"SIDECAR_STORE_URL": "mysql://x"}, "store_url"),
+        ({"SIDECAR_AUTH_BASE_PATH": "api/auth"}, "auth_base_path"),
+        ({"SIDECAR_RESOURCES": "https://x.test/mcp#frag"}, "resources"),
+        ({"SIDECAR_TRUSTED_PROXIES": "10.0.0.300"}, "trusted_proxies"),
+        ({"SIDECAR_PRESERVE_HOST": "maybe"}, "preserve_host"),
+        ({"SIDECAR_LOG_LEVEL": "loud"}, "log_level"),
+        ({"SIDECAR_UPSTREAM_RESPONSE_TIMEOUT": "nan"}, "upstream_response_timeout"),
+    ],
+)
+def test_bad_values_name_the_key(env: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_settings(env=env)
+    assert error.value.key == key
+
+
+def test_unknown_keys_in_the_file_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('upstream = "http://app:3000"\n')
+    with pytest.raises(ConfigError) as error:
+        load_settings(path, env={})
+    assert error.value.key == "upstream"
+
+
+def test_the_example_file_documents_every_key_and_loads() -> None:
+    from sidecar.config import Settings
+
+    text = EXAMPLE.read_text()
+    for field in Settings.__dataclass_fields__:
+        assert f"# {field} =" in text or f"\n{field} =" in text, field
+    load_settings(EXAMPLE, env={})
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", *args],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
+        timeout=30,
+        cwd=ROOT,
+    )
+
+
+def test_a_bad_value_stops_start_up_with_one_line_and_exit_code_2() -> None:
+    result = run_cli("serve", env={"SIDECAR_PORT": "eighty"})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        "sidecar: configuration error: port (SIDECAR_PORT): must be a whole number, got 'eighty'"
+    ]
+    assert "Traceback" not in result.stderr
+
+
+def test_a_missing_config_file_stops_start_up_with_one_line() -> None:
+    result = run_cli("serve", "--config", "/nonexistent/sidecar.toml")
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "/nonexistent/sidecar.toml" in result.stderr
+
+
+def test_check_config_prints_the_effective_configuration_with_secrets_redacted() -> None:
+    result = run_cli(
+        "check-config",
+        env={
+            "BETTER_AUTH_SECRET": "super-secret-value",
+            "JWKS": '[{"id":"k"}]',
+            "SIDECAR_PORT": "9999",
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["port"] == 9999
+    assert shown["better_auth_secret"] == "<redacted>"
+    assert shown["jwks"] == "<redacted>"
+    assert "super-secret-value" not in result.stdout

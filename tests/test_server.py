@@ -1,0 +1,92 @@
+"""The process: start-up log, probes, graceful drain on SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+
+import httpx
+
+from tests.support.processes import Process, running, start_sidecar
+
+
+def test_start_up_logs_where_it_listens_and_where_it_proxies(upstream: Process) -> None:
+    with running(start_sidecar(upstream.url)) as sidecar:
+        started = [r for r in sidecar.log_records() if r.get("event") == "sidecar started"]
+        assert started
+        assert started[0]["upstream"] == upstream.url
+        assert started[0]["public_url"] == sidecar.url
+        assert any(
+            f"127.0.0.1:{sidecar.port}" in str(r.get("event")) for r in sidecar.log_records()
+        )
+
+
+def test_liveness_and_readiness_answer_under_the_oauth_namespace(sidecar: Process) -> None:
+    live = httpx.get(sidecar.url + "/oauth/healthz")
+    assert live.status_code == 200
+    assert live.json() == {"status": "ok"}
+    ready = httpx.get(sidecar.url + "/oauth/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "ready"
+    # The app's own /healthz, /health and /ready stay the app's.
+    for path in ("/healthz", "/readyz", "/health"):
+        assert httpx.get(sidecar.url + path).headers.get("content-type") == "application/json"
+    assert httpx.get(sidecar.url + "/healthz").json()["error"] == "not_found"
+
+
+def test_every_request_gets_one_access_log_line(sidecar: Process) -> None:
+    httpx.get(sidecar.url + "/echo/access-log-probe", headers={"X-Request-Id": "access-log-0001"})
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        lines = [
+            r
+            for r in sidecar.log_records()
+            if r.get("request_id") == "access-log-0001" and r.get("event") == "request"
+        ]
+        if lines:
+            break
+        time.sleep(0.05)
+    assert len(lines) == 1
+    line = lines[0]
+    assert line["route"] == "proxy"
+    assert line["method"] == "GET"
+    assert line["path"] == "/echo/access-log-probe"
+    assert line["status"] == 200
+    assert isinstance(line["duration_ms"], float)
+    assert isinstance(line["upstream_ms"], float)
+    assert line["upstream_ms"] <= line["duration_ms"]
+
+
+def test_sigterm_drains_in_flight_requests_then_exits(upstream: Process) -> None:
+    sidecar = start_sidecar(upstream.url)
+    result: dict[str, object] = {}
+
+    def slow() -> None:
+        try:
+            result["response"] = httpx.get(sidecar.url + "/slow?delay=1.5", timeout=10)
+        except httpx.HTTPError as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    time.sleep(0.4)  # the request is in flight upstream
+    sidecar.popen.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    # No longer accepting new connections.
+    refused = False
+    try:
+        with socket.create_connection(("127.0.0.1", sidecar.port), timeout=1):
+            pass
+    except OSError:
+        refused = True
+    thread.join(10)
+    code = sidecar.popen.wait(10)
+    assert refused
+    assert "error" not in result, result
+    response = result["response"]
+    assert isinstance(response, httpx.Response)
+    assert response.status_code == 200
+    assert response.json() == {"slow": True}
+    assert code == 0

@@ -40,5 +40,6 @@ async def main(url: str, concurrency: int, seconds: float, headers: dict[str, st
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]),
-                     ast.literal_eval(sys.argv[4])))
+    asyncio.run(
+        main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), ast.literal_eval(sys.argv[4]))
+    )

@@ -75,7 +75,9 @@ def python_load(url: str, concurrency: int, seconds: int, headers: dict[str, str
     code = ROOT / "bench" / "pyload.py"
     out = subprocess.run(
         [sys.executable, str(code), url, str(concurrency), str(seconds), repr(headers)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     rps, p50, p99, errors = out.split()
     return Result(float(rps), float(p50), float(p99), int(errors))
@@ -99,7 +101,12 @@ def row(label: str, c: int, direct: Result, proxied: Result) -> str:
 
 
 def bench_pair(
-    label: str, upstream: str, sidecar: str, path: str, levels: list[int], seconds: int,
+    label: str,
+    upstream: str,
+    sidecar: str,
+    path: str,
+    levels: list[int],
+    seconds: int,
     headers: dict[str, str] | None = None,
 ) -> None:
     for c in levels:
@@ -110,9 +117,14 @@ def bench_pair(
 
 def signed_in_cookie(stack_url: str, origin: str) -> str:
     with httpx.Client(base_url=stack_url, headers={"Origin": origin}) as c:
-        c.post("/api/auth/sign-up/email", json={
-            "email": "bench@example.com", "password": "bench password 123", "name": "Bench",
-        }).raise_for_status()
+        c.post(
+            "/api/auth/sign-up/email",
+            json={
+                "email": "bench@example.com",
+                "password": "bench password 123",
+                "name": "Bench",
+            },
+        ).raise_for_status()
         return "; ".join(f"{k}={v}" for k, v in c.cookies.items())
 
 
@@ -122,7 +134,7 @@ def main() -> int:
     parser.add_argument("--only", choices=["proxy", "better-auth"], default=None)
     args = parser.parse_args()
     levels = [1, 16, 64]
-    tool = "wrk" if shutil.which("wrk") else "python load generator (install wrk for better figures)"
+    tool = "wrk" if shutil.which("wrk") else "python load generator (install wrk: better figures)"
     print(f"load generator: {tool}; {args.seconds}s per run; {os.cpu_count()} cores")
 
     processes: list[Process] = []
@@ -134,8 +146,14 @@ def main() -> int:
             processes.append(sidecar)
             print("\n(a) trivial local upstream (uvicorn + uvloop + httptools)")
             bench_pair("small JSON", upstream.url, sidecar.url, "/small", levels, args.seconds)
-            bench_pair("1 MiB body", upstream.url, sidecar.url, "/download?size=1048576",
-                       levels, args.seconds)
+            bench_pair(
+                "1 MiB body",
+                upstream.url,
+                sidecar.url,
+                "/download?size=1048576",
+                levels,
+                args.seconds,
+            )
         if args.only in (None, "better-auth"):
             if not node_available():
                 print("\n(b) skipped: Node or the Better Auth fixture is missing (run make test)")
@@ -147,8 +165,15 @@ def main() -> int:
                 processes.append(ba_sidecar)
                 cookie = signed_in_cookie(app.url, app.url)
                 print("\n(b) real Better Auth + convex() server (Node), signed in")
-                bench_pair("GET /api/auth/get-session", app.url, ba_sidecar.url,
-                           "/api/auth/get-session", levels, args.seconds, {"Cookie": cookie})
+                bench_pair(
+                    "GET /api/auth/get-session",
+                    app.url,
+                    ba_sidecar.url,
+                    "/api/auth/get-session",
+                    levels,
+                    args.seconds,
+                    {"Cookie": cookie},
+                )
     finally:
         for p in reversed(processes):
             p.stop()

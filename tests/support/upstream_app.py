@@ -20,8 +20,10 @@ STATE: dict[str, Any] = {"stream_disconnects": 0, "stream_started": 0, "stream_f
 
 PATTERN = bytes(range(256)) * 256  # 64 KiB of known bytes
 SMALL_JSON = json.dumps({"id": 42, "name": "small", "tags": ["a", "b"], "ok": True}).encode()
-SMALL_HEADERS = [(b"content-type", b"application/json"),
-                 (b"content-length", str(len(SMALL_JSON)).encode())]
+SMALL_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(SMALL_JSON)).encode()),
+]
 
 
 async def read_body(receive: Any) -> tuple[int, str, int]:

@@ -9,24 +9,56 @@ from __future__ import annotations
 
 import structlog
 from starlette.applications import Starlette
+from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sidecar.config import Settings
+from sidecar.keys import KeyError_, load_keyset
+from sidecar.oauth.authorize import AuthorizationEndpoint
+from sidecar.oauth.clients import ClientRegistry
+from sidecar.oauth.endpoints import OAuthEndpoints, document, oauth_json
+from sidecar.oauth.grants import Grants
 from sidecar.observability.access import AccessMiddleware
 from sidecar.observability.health import health_routes
 from sidecar.proxy.http import ProxyApp
 from sidecar.proxy.upstream import UpstreamClient
+from sidecar.session import SessionBridge
+from sidecar.store import open_store
 
 log = structlog.get_logger("sidecar")
 
 OAUTH_PREFIX = "/oauth"
 
 
+def discovery_paths() -> list[str]:
+    """Where clients look for the metadata of issuer <origin>/oauth, in the
+    order they try (DESIGN.md), plus the older issuer-relative form."""
+    return [
+        "/.well-known/oauth-authorization-server/oauth",
+        "/.well-known/openid-configuration/oauth",
+        "/oauth/.well-known/openid-configuration",
+        "/oauth/.well-known/oauth-authorization-server",
+    ]
+
+
+def prm_paths(settings: Settings) -> dict[str, str]:
+    """RFC 9728 section 3.1: the path-inserted well-known URL of each
+    resource served on the public origin -> the resource."""
+    paths = {}
+    resources = settings.resources or (settings.default_resource,)
+    for resource in resources:
+        if not resource.url.startswith(settings.public_url):
+            continue
+        path = resource.path.rstrip("/")
+        paths["/.well-known/oauth-protected-resource" + path] = resource.url
+    return paths
+
+
 class RouteTable:
     """Which paths the sidecar owns; everything else is the upstream's."""
 
     def __init__(self, settings: Settings) -> None:
-        self.exact: set[str] = set()
+        self.exact: set[str] = set(discovery_paths()) | set(prm_paths(settings))
         self.prefixes: tuple[str, ...] = (OAUTH_PREFIX + "/",)
         self.settings = settings
 
@@ -49,14 +81,57 @@ class SidecarApp:
             connect_timeout=settings.upstream_connect_timeout,
             response_timeout=settings.upstream_response_timeout,
         )
-        self.owned = Starlette(routes=health_routes({"upstream_client": self._client_ready}))
+        self.store = open_store(settings.store_url)
+        if settings.jwks and not settings.session_issuer:
+            raise KeyError_(
+                "session_issuer",
+                "JWKS is set, so the session JWT issuer is "
+                "needed too: set CONVEX_SITE_URL or SIDECAR_SESSION_ISSUER",
+            )
+        self.keys = load_keyset(settings)
+        self.clients = ClientRegistry(self.store)
+        self.grants = Grants(settings, self.store, self.keys)
+        self.bridge = SessionBridge(settings, self.upstream, self.keys)
+        self.authz = AuthorizationEndpoint(
+            settings, self.store, self.clients, self.grants, self.bridge
+        )
+        self.endpoints = OAuthEndpoints(settings, self.store, self.clients, self.grants, self.keys)
+        self.owned = Starlette(routes=self.oauth_routes())
         self.proxy = ProxyApp(settings, self.upstream)
         self.app: ASGIApp = AccessMiddleware(
             self._dispatch, self.routes.classify, log_requests=settings.access_log
         )
 
-    async def _client_ready(self) -> str | None:
-        return None if self.upstream._session is not None else "not started"
+    def oauth_routes(self) -> list[Route]:
+        e, a = self.endpoints, self.authz
+        post = ["POST", "OPTIONS"]
+        routes = [
+            *health_routes({"store": self._store_ready}),
+            Route("/oauth/authorize", a.authorize, methods=["GET"]),
+            Route("/oauth/authorize/continue", a.resume_endpoint, methods=["GET"]),
+            Route("/oauth/consent", a.consent, methods=["POST"]),
+            Route("/oauth/token", oauth_json(e.token), methods=post),
+            Route("/oauth/register", oauth_json(e.register), methods=post),
+            Route("/oauth/revoke", oauth_json(e.revoke), methods=post),
+            Route("/oauth/introspect", oauth_json(e.introspect), methods=post),
+            Route("/oauth/userinfo", oauth_json(e.userinfo), methods=["GET", "POST", "OPTIONS"]),
+            Route("/oauth/jwks", document(self.keys.jwks(), 300), methods=["GET", "OPTIONS"]),
+        ]
+        metadata = document(e.metadata(), 3600)
+        routes += [Route(path, metadata, methods=["GET", "OPTIONS"]) for path in discovery_paths()]
+        for path, resource in prm_paths(self.settings).items():
+            routes.append(
+                Route(
+                    path,
+                    document(e.protected_resource_metadata(resource), 3600),
+                    methods=["GET", "OPTIONS"],
+                )
+            )
+        return routes
+
+    async def _store_ready(self) -> str | None:
+        await self.store.ping()
+        return None
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.routes.owns(scope["path"]):
@@ -66,15 +141,26 @@ class SidecarApp:
 
     async def startup(self) -> None:
         await self.upstream.open()
+        await self.store.open()
+        if self.keys.generated_now:
+            log.info(
+                "generated a signing key",
+                kid=self.keys.signing.kid,
+                file=f"{self.settings.data_dir}/signing-keys.json",
+            )
         log.info(
             "sidecar started",
             public_url=self.settings.public_url,
             upstream=self.settings.upstream_url,
             issuer=self.settings.issuer,
+            store=self.settings.store_url.split("@")[-1],
+            keys=self.keys.mode,
+            signing_kid=self.keys.signing.kid,
         )
 
     async def shutdown(self) -> None:
         await self.upstream.close()
+        await self.store.close()
         log.info("sidecar stopped")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sidecar.config import ConfigError, Settings, env_names, load_settings
+from sidecar.keys import KeyError_
 
 EXIT_CONFIG = 2
 
@@ -63,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check-config":
             print(json.dumps(settings.redacted(), indent=2))
             return 0
-    except ConfigError as exc:
+    except (ConfigError, KeyError_) as exc:
         names = " / ".join(env_names(exc.key)) if exc.key != "config" else "--config"
         return fail(f"configuration error: {exc.key} ({names}): {exc.message}")
     return fail(f"unknown command {args.command!r}")

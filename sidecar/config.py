@@ -62,6 +62,8 @@ class Settings:
     session_issuer: str | None = None
     auth_base_path: str = "/api/auth"
     login_url: str = "/login"
+    login_return_param: str = "callbackURL"
+    session_cookie_prefix: str = "better-auth"
     # OAuth.
     resources: tuple[Resource, ...] = ()
     access_token_ttl: int = 3600
@@ -69,6 +71,8 @@ class Settings:
     code_ttl: int = 60
     pending_authorization_ttl: int = 600
     scopes: tuple[str, ...] = ("openid", "profile", "email", "offline_access")
+    default_scopes: tuple[str, ...] = ("openid", "profile", "email")
+    registration_rate_limit: int = 30
     # Proxy.
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     preserve_host: bool = False
@@ -82,8 +86,10 @@ class Settings:
     access_log: bool = True
 
     @property
-    def default_resource(self) -> Resource | None:
-        return self.resources[0] if self.resources else None
+    def default_resource(self) -> Resource:
+        """Where tokens go when a client names no resource: the first
+        configured one, else the app's public origin as a whole."""
+        return self.resources[0] if self.resources else Resource(self.public_url)
 
     def redacted(self) -> dict[str, Any]:
         """The effective configuration for display, secrets replaced."""
@@ -309,8 +315,10 @@ def _build(raw: Mapping[str, Any]) -> Settings:
             raise ConfigError("issuer", f"must be an http(s) URL, got {issuer!r}")
         if parts.query or parts.fragment:
             raise ConfigError("issuer", "must not have a query or fragment (RFC 8414 section 2)")
-        if not parts.path.startswith("/oauth"):
-            raise ConfigError("issuer", f"must end in the /oauth namespace, got {issuer!r}")
+        if parts.path != "/oauth":
+            raise ConfigError(
+                "issuer", f"must be <origin>/oauth, the sidecar's namespace, got {issuer!r}"
+            )
         values["issuer"] = issuer
     else:
         values["issuer"] = public_url + "/oauth"
@@ -336,6 +344,11 @@ def _build(raw: Mapping[str, Any]) -> Settings:
     take("pending_authorization_ttl", lambda k, v: _as_int(k, v, 30, 3600))
     if "scopes" in raw:
         values["scopes"] = tuple(_as_list("scopes", raw["scopes"]))
+    if "default_scopes" in raw:
+        values["default_scopes"] = tuple(_as_list("default_scopes", raw["default_scopes"]))
+    take("registration_rate_limit", lambda k, v: _as_int(k, v, 0))
+    take("login_return_param", _as_str)
+    take("session_cookie_prefix", _as_str)
     take("trusted_proxies", _as_networks)
     take("preserve_host", _as_bool)
     take("upstream_connect_timeout", lambda k, v: _as_float(k, v, 0.1))

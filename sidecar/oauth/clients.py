@@ -1,0 +1,291 @@
+"""Clients: registration metadata (RFC 7591), redirect URI rules, client
+authentication at the token endpoint, and the durable client registry."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from sidecar.oauth.errors import InvalidClient, InvalidClientMetadata, InvalidRedirectUri
+from sidecar.store import Store
+
+AUTH_METHODS = ("none", "client_secret_basic", "client_secret_post")
+GRANT_TYPES = ("authorization_code", "refresh_token")
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+# Schemes that must never be a redirect target (RFC 9700 section 4.1.1 and
+# the CVE classes of open redirects through script URLs).
+FORBIDDEN_SCHEMES = ("javascript", "data", "vbscript", "file", "about", "blob")
+MAX_REDIRECT_URIS = 20
+NS = "clients"
+
+
+@dataclass
+class Client:
+    client_id: str
+    redirect_uris: list[str]
+    token_endpoint_auth_method: str = "none"
+    grant_types: list[str] = field(default_factory=lambda: ["authorization_code"])
+    response_types: list[str] = field(default_factory=lambda: ["code"])
+    client_name: str | None = None
+    client_uri: str | None = None
+    scope: str | None = None  # None: any supported scope
+    application_type: str = "web"
+    client_secret_hash: str | None = None
+    client_id_issued_at: int = 0
+    source: str = "dcr"  # dcr, cli or cimd
+
+    @property
+    def is_public(self) -> bool:
+        return self.token_endpoint_auth_method == "none"
+
+    def allowed_scopes(self, supported: tuple[str, ...]) -> set[str]:
+        if self.scope is None:
+            return set(supported)
+        return set(self.scope.split()) & set(supported)
+
+    def check_secret(self, secret: str) -> bool:
+        if not self.client_secret_hash:
+            return False
+        return hmac.compare_digest(self.client_secret_hash, hash_secret(secret))
+
+    def public_metadata(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("client_secret_hash")
+        data.pop("source")
+        if data["scope"] is None:
+            data.pop("scope")
+        return {k: v for k, v in data.items() if v is not None}
+
+
+def hash_secret(secret: str) -> str:
+    # Client secrets are 256 random bits: a fast hash is enough (no dictionary).
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def validate_redirect_uri(uri: Any) -> str:
+    """RFC 9700 section 4.1 and RFC 8252: absolute, no fragment, no wildcard;
+    https, or http on a loopback address, or a private-use scheme of a native app."""
+    if not isinstance(uri, str) or not uri or len(uri) > 2000:
+        raise InvalidRedirectUri("each redirect URI must be a non-empty string")
+    if any(ch in uri for ch in "\r\n\t \x00") or "*" in uri:
+        raise InvalidRedirectUri(f"redirect URI {uri!r} has a wildcard or whitespace")
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    if not scheme:
+        raise InvalidRedirectUri(f"redirect URI {uri!r} must be absolute")
+    if "#" in uri:
+        raise InvalidRedirectUri(f"redirect URI {uri!r} must not have a fragment")
+    if scheme in FORBIDDEN_SCHEMES:
+        raise InvalidRedirectUri(f"redirect URI scheme {scheme}: is not allowed")
+    if parts.username or parts.password or "@" in parts.netloc:
+        raise InvalidRedirectUri(f"redirect URI {uri!r} must not carry user information")
+    if scheme == "https":
+        if not parts.hostname:
+            raise InvalidRedirectUri(f"redirect URI {uri!r} has no host")
+    elif scheme == "http":
+        if not is_loopback(parts.hostname):
+            raise InvalidRedirectUri(
+                f"redirect URI {uri!r}: plain http is allowed only on a loopback address"
+            )
+    elif "." not in scheme and scheme not in ("cursor", "vscode", "claude", "windsurf"):
+        # RFC 8252 section 7.1: private-use schemes are reverse domain names;
+        # a few well-known MCP clients use bare names.
+        raise InvalidRedirectUri(f"redirect URI scheme {scheme}: is not a private-use scheme")
+    if ".." in unquote(parts.path).split("/") or ";" in parts.path:
+        raise InvalidRedirectUri(f"redirect URI {uri!r} has a dot-segment or path parameter")
+    return uri
+
+
+def redirect_uri_matches(registered: list[str], requested: str) -> bool:
+    """Exact string match (RFC 9700 section 4.1.3), except that a loopback
+    http redirect may use any port (RFC 8252 section 7.3)."""
+    if requested in registered:
+        return True
+    req = urlsplit(requested)
+    if req.scheme != "http" or (req.hostname not in LOOPBACK_HOSTS and not is_loopback(req.hostname)):
+        return False
+    try:
+        req.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        return False
+    for uri in registered:
+        reg = urlsplit(uri)
+        if (
+            reg.scheme == "http"
+            and reg.hostname == req.hostname
+            and is_loopback(reg.hostname)
+            and reg.path == req.path
+            and reg.query == req.query
+            and not req.username
+            and "@" not in req.netloc
+        ):
+            return True
+    return False
+
+
+def client_from_metadata(
+    metadata: Mapping[str, Any], supported_scopes: tuple[str, ...], source: str = "dcr"
+) -> tuple[Client, str | None]:
+    """Validate RFC 7591 registration metadata; returns the client and its
+    plain secret (None for public clients)."""
+    if not isinstance(metadata, Mapping):
+        raise InvalidClientMetadata("the registration body must be a JSON object")
+    uris = metadata.get("redirect_uris")
+    if not isinstance(uris, list) or not uris:
+        raise InvalidRedirectUri("redirect_uris must be a non-empty array")
+    if len(uris) > MAX_REDIRECT_URIS:
+        raise InvalidRedirectUri(f"at most {MAX_REDIRECT_URIS} redirect URIs")
+    redirect_uris = [validate_redirect_uri(u) for u in uris]
+
+    # Real clients omit the method (REFERENCES.md): that means a public client.
+    method = metadata.get("token_endpoint_auth_method") or "none"
+    if method not in AUTH_METHODS:
+        raise InvalidClientMetadata(
+            f"token_endpoint_auth_method must be one of {', '.join(AUTH_METHODS)}"
+        )
+    grant_types = metadata.get("grant_types") or ["authorization_code"]
+    if not isinstance(grant_types, list) or not set(grant_types) <= set(GRANT_TYPES):
+        raise InvalidClientMetadata(f"grant_types may hold only {', '.join(GRANT_TYPES)}")
+    if "authorization_code" not in grant_types:
+        raise InvalidClientMetadata("grant_types must include authorization_code")
+    response_types = metadata.get("response_types") or ["code"]
+    if response_types != ["code"]:
+        raise InvalidClientMetadata('response_types must be ["code"]')
+    scope = metadata.get("scope")
+    if scope is not None:
+        if not isinstance(scope, str):
+            raise InvalidClientMetadata("scope must be a space-separated string")
+        unknown = set(scope.split()) - set(supported_scopes)
+        if unknown:
+            raise InvalidClientMetadata(f"unsupported scope {' '.join(sorted(unknown))}")
+    application_type = metadata.get("application_type") or "web"
+    if application_type not in ("web", "native"):
+        raise InvalidClientMetadata("application_type must be web or native")
+    name = metadata.get("client_name")
+    if name is not None and (not isinstance(name, str) or len(name) > 200):
+        raise InvalidClientMetadata("client_name must be a string of at most 200 characters")
+    client_uri = metadata.get("client_uri")
+    if client_uri is not None:
+        if not isinstance(client_uri, str) or urlsplit(client_uri).scheme not in ("https", "http"):
+            raise InvalidClientMetadata("client_uri must be an http(s) URL")
+
+    secret = None if method == "none" else secrets.token_urlsafe(32)
+    client = Client(
+        client_id=secrets.token_urlsafe(18),
+        redirect_uris=redirect_uris,
+        token_endpoint_auth_method=method,
+        grant_types=list(dict.fromkeys(grant_types)),
+        response_types=["code"],
+        client_name=name,
+        client_uri=client_uri,
+        scope=scope,
+        application_type=application_type,
+        client_secret_hash=hash_secret(secret) if secret else None,
+        client_id_issued_at=int(time.time()),
+        source=source,
+    )
+    return client, secret
+
+
+class ClientRegistry:
+    """Durable clients in the store (no expiry): a client that registered
+    once keeps working across restarts and replicas."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def get(self, client_id: str) -> Client | None:
+        if not client_id or len(client_id) > 512:
+            return None
+        record = await self.store.get(NS, client_id)
+        return Client(**record) if record else None
+
+    async def add(self, client: Client) -> None:
+        await self.store.put(NS, client.client_id, asdict(client))
+
+    async def remove(self, client_id: str) -> bool:
+        existed = await self.store.get(NS, client_id) is not None
+        await self.store.delete(NS, client_id)
+        return existed
+
+    async def all(self) -> list[Client]:
+        return [Client(**record) for _, record in await self.store.scan(NS)]
+
+
+def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
+    """RFC 6749 section 2.3.1: form-encoded id and secret in HTTP Basic."""
+    if not authorization or not authorization[:6].lower() == "basic ":
+        return None
+    try:
+        decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidClient("malformed Basic credentials") from None
+    client_id, sep, secret = decoded.partition(":")
+    if not sep:
+        raise InvalidClient("malformed Basic credentials")
+    return unquote(client_id.replace("+", " ")), unquote(secret.replace("+", " "))
+
+
+async def authenticate_client(
+    registry: ClientRegistry,
+    form: Mapping[str, str],
+    authorization: str | None,
+    *,
+    require_confidential: bool = False,
+) -> Client:
+    """The client making a token, revocation or introspection request, as
+    registered: public clients send only client_id; confidential ones their
+    secret, by the method they registered."""
+    basic = basic_credentials(authorization)
+    challenge = {"WWW-Authenticate": 'Basic realm="oauth"'} if basic else {}
+    if basic:
+        client_id, secret = basic
+        method = "client_secret_basic"
+        if form.get("client_id") and form["client_id"] != client_id:
+            raise InvalidClient("client_id differs from the Basic credentials", challenge)
+    else:
+        client_id = form.get("client_id", "")
+        secret = form.get("client_secret", "")
+        method = "client_secret_post" if secret else "none"
+    client = await registry.get(client_id)
+    if client is None:
+        raise InvalidClient("unknown client", challenge)
+    if require_confidential and client.is_public:
+        raise InvalidClient("this endpoint needs a confidential client", challenge)
+    if client.is_public:
+        if secret:
+            # claude.ai may register as confidential then act public; the
+            # reverse (a secret for a public client) is refused.
+            raise InvalidClient("this client has no secret", challenge)
+        return client
+    if method == "none":
+        # claude.ai registers with client_secret_post and may then act as a
+        # public client (REFERENCES.md). A dynamically registered client gets
+        # no more than a public client would: PKCE still binds every code and
+        # refresh tokens still rotate. Pre-registered confidential clients and
+        # introspection always need the secret.
+        if client.source == "dcr" and not require_confidential:
+            return client
+        raise InvalidClient("client authentication required", challenge)
+    if not client.check_secret(secret):
+        raise InvalidClient("client authentication failed", challenge)
+    return client

@@ -1,0 +1,328 @@
+"""Token, registration, revocation, introspection, userinfo, JWKS and the
+discovery documents. Each handler is a method of one dataclass of its
+dependencies; errors become RFC 6749 section 5.2 JSON in one place."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from sidecar.config import Settings
+from sidecar.keys import KeySet
+from sidecar.oauth import pkce
+from sidecar.oauth.clients import Client, ClientRegistry, authenticate_client, client_from_metadata
+from sidecar.oauth.errors import (
+    NO_STORE,
+    InvalidClientMetadata,
+    InvalidGrant,
+    InvalidRequest,
+    InvalidScope,
+    InvalidTarget,
+    InvalidToken,
+    OAuthError,
+    SlowDown,
+    TemporarilyUnavailable,
+    UnauthorizedClient,
+    UnsupportedGrantType,
+    error_response,
+)
+from sidecar.oauth.grants import Grants, IssuedTokens, user_claims
+from sidecar.oauth.params import MAX_FORM_BYTES, form_params
+from sidecar.store import Store, StoreUnavailable
+
+log = structlog.get_logger("sidecar.oauth")
+
+CORS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, MCP-Protocol-Version",
+    "Access-Control-Max-Age": "86400",
+}
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def oauth_json(handler: Handler) -> Handler:
+    """OAuthError -> JSON error; store away -> 503 with Retry-After; every
+    answer carries CORS for browser-based clients."""
+
+    async def wrapped(request: Request) -> Response:
+        if request.method == "OPTIONS":
+            return Response(status_code=204, headers=CORS)
+        try:
+            response = await handler(request)
+        except OAuthError as exc:
+            response = error_response(exc)
+        except StoreUnavailable as exc:
+            log.warning("store unavailable", error=str(exc))
+            response = error_response(
+                TemporarilyUnavailable("try again shortly", headers={"Retry-After": "5"})
+            )
+        response.headers.update(CORS)
+        return response
+
+    return wrapped
+
+
+def token_response(tokens: IssuedTokens) -> JSONResponse:
+    body: dict[str, Any] = {
+        "access_token": tokens.access_token,
+        "token_type": "Bearer",
+        "expires_in": tokens.expires_in,
+        "scope": " ".join(tokens.scope),
+    }
+    if tokens.refresh_token:
+        body["refresh_token"] = tokens.refresh_token
+    if tokens.id_token:
+        body["id_token"] = tokens.id_token
+    return JSONResponse(body, headers=NO_STORE)
+
+
+@dataclass
+class OAuthEndpoints:
+    settings: Settings
+    store: Store
+    clients: ClientRegistry
+    grants: Grants
+    keys: KeySet
+
+    # -- POST /oauth/token ------------------------------------------------------
+
+    async def token(self, request: Request) -> Response:
+        form = await form_params(request)
+        client = await authenticate_client(self.clients, form, request.headers.get("authorization"))
+        grant_type = form.get("grant_type")
+        if grant_type == "authorization_code":
+            return token_response(await self.exchange_code(form, client))
+        if grant_type == "refresh_token":
+            return token_response(await self.refresh(form, client))
+        if not grant_type:
+            raise InvalidRequest("grant_type is required")
+        raise UnsupportedGrantType(f"grant_type {grant_type} is not supported")
+
+    async def exchange_code(self, form: dict[str, str], client: Client) -> IssuedTokens:
+        code, verifier = form.get("code"), form.get("code_verifier")
+        if not code:
+            raise InvalidRequest("code is required")
+        if not verifier:
+            # A verifier is required whenever a challenge was (always, here).
+            raise InvalidRequest("code_verifier is required (PKCE)")
+        details = await self.grants.redeem_code(code)
+        if details["client_id"] != client.client_id:
+            raise InvalidGrant("the code was issued to another client")
+        if form.get("redirect_uri", details["redirect_uri"]) != details["redirect_uri"]:
+            raise InvalidGrant("redirect_uri differs from the authorization request")
+        if not pkce.verify(verifier, details["code_challenge"]):
+            raise InvalidGrant("code_verifier does not match the code_challenge")
+        resource = form.get("resource")
+        if resource and resource.rstrip("/") != details["resource"].rstrip("/"):
+            raise InvalidTarget("resource differs from the one the user consented to")
+        await self.grants.start_grant(details["grant_id"], {**details, **details["user"]})
+        return await self.grants.issue(
+            grant_id=details["grant_id"],
+            client_id=client.client_id,
+            sub=details["sub"],
+            scope=details["scope"],
+            resource=details["resource"],
+            with_refresh="refresh_token" in client.grant_types,
+            user=details["user"],
+            nonce=details.get("nonce"),
+            auth_time=details.get("auth_time"),
+        )
+
+    async def refresh(self, form: dict[str, str], client: Client) -> IssuedTokens:
+        if "refresh_token" not in client.grant_types:
+            raise UnauthorizedClient("this client did not register the refresh_token grant")
+        token = form.get("refresh_token")
+        if not token:
+            raise InvalidRequest("refresh_token is required")
+        record = await self.grants.rotate_refresh(token, client.client_id)
+        scope = record["scope"]
+        if form.get("scope"):
+            narrowed = form["scope"].split()
+            if not set(narrowed) <= set(scope):
+                raise InvalidScope("a refresh may only narrow the scope")
+            scope = narrowed
+        resource = form.get("resource")
+        if resource and resource.rstrip("/") != record["resource"].rstrip("/"):
+            raise InvalidTarget("a refresh token keeps its resource")
+        return await self.grants.issue(
+            grant_id=record["grant_id"],
+            client_id=client.client_id,
+            sub=record["sub"],
+            scope=scope,
+            resource=record["resource"],
+            with_refresh=True,
+            user=record.get("user") or {},
+            auth_time=record.get("auth_time"),
+            with_id_token=False,
+        )
+
+    # -- POST /oauth/register ---------------------------------------------------
+
+    async def register(self, request: Request) -> Response:
+        limit = self.settings.registration_rate_limit
+        if limit:
+            peer = request.client.host if request.client else "unknown"
+            count = await self.store.incr("rate", f"register:{peer}", ttl=60)
+            if count > limit:
+                raise SlowDown(
+                    "too many registrations; try again later", headers={"Retry-After": "60"}
+                )
+        body = await request.body()
+        if len(body) > MAX_FORM_BYTES:
+            raise InvalidClientMetadata("registration metadata too large")
+        try:
+            metadata = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidClientMetadata("the body must be JSON") from None
+        client, secret = client_from_metadata(metadata, self.settings.scopes)
+        await self.clients.add(client)
+        log.info(
+            "client registered",
+            client_id=client.client_id,
+            client_name=client.client_name,
+            auth_method=client.token_endpoint_auth_method,
+        )
+        response = client.public_metadata()
+        if secret:
+            response["client_secret"] = secret
+            response["client_secret_expires_at"] = 0
+        return JSONResponse(response, status_code=201, headers=NO_STORE)
+
+    # -- POST /oauth/revoke (RFC 7009) ------------------------------------------
+
+    async def revoke(self, request: Request) -> Response:
+        form = await form_params(request)
+        await authenticate_client(self.clients, form, request.headers.get("authorization"))
+        token = form.get("token")
+        if not token:
+            raise InvalidRequest("token is required")
+        hint = form.get("token_type_hint")
+        if hint != "access_token" and "." in token and token.count(".") == 1:
+            await self.grants.revoke_refresh(token)
+        else:
+            try:
+                claims = self.grants.decode_access_token(token)
+                await self.grants.revoke_access_token(claims)
+            except InvalidToken:
+                await self.grants.revoke_refresh(token)
+        # RFC 7009 section 2.2: 200 whether or not the token was known.
+        return Response(status_code=200, headers=NO_STORE)
+
+    # -- POST /oauth/introspect (RFC 7662) --------------------------------------
+
+    async def introspect(self, request: Request) -> Response:
+        form = await form_params(request)
+        await authenticate_client(
+            self.clients, form, request.headers.get("authorization"), require_confidential=True
+        )
+        token = form.get("token")
+        if not token:
+            raise InvalidRequest("token is required")
+        try:
+            claims = await self.grants.verify_access_token(token)
+        except InvalidToken:
+            return JSONResponse({"active": False}, headers=NO_STORE)
+        body = {
+            "active": True,
+            "token_type": "Bearer",
+            **{k: v for k, v in claims.items() if k != "gid"},
+        }
+        return JSONResponse(body, headers=NO_STORE)
+
+    # -- GET /oauth/userinfo ----------------------------------------------------
+
+    async def userinfo(self, request: Request) -> Response:
+        auth = request.headers.get("authorization", "")
+        if not auth.lower().startswith("bearer "):
+            raise InvalidToken(
+                "a bearer token is required", headers={"WWW-Authenticate": 'Bearer realm="oauth"'}
+            )
+        try:
+            claims = await self.grants.verify_access_token(auth[7:].strip())
+        except InvalidToken as exc:
+            exc.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+            raise
+        scope = claims["scope"].split()
+        grant = await self.grants.grant(claims.get("gid", "")) or {}
+        user = {"email": grant.get("email"), "name": grant.get("name")}
+        return JSONResponse({"sub": claims["sub"], **user_claims(user, scope)}, headers=NO_STORE)
+
+    # -- documents ---------------------------------------------------------------
+
+    def metadata(self) -> dict[str, Any]:
+        """RFC 8414 section 2 (and OpenID Connect Discovery)."""
+        issuer = self.settings.issuer
+        return {
+            "issuer": issuer,
+            "authorization_endpoint": f"{issuer}/authorize",
+            "token_endpoint": f"{issuer}/token",
+            "registration_endpoint": f"{issuer}/register",
+            "revocation_endpoint": f"{issuer}/revoke",
+            "introspection_endpoint": f"{issuer}/introspect",
+            "userinfo_endpoint": f"{issuer}/userinfo",
+            "jwks_uri": f"{issuer}/jwks",
+            "scopes_supported": list(self.settings.scopes),
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "token_endpoint_auth_methods_supported": [
+                "none",
+                "client_secret_basic",
+                "client_secret_post",
+            ],
+            "revocation_endpoint_auth_methods_supported": [
+                "none",
+                "client_secret_basic",
+                "client_secret_post",
+            ],
+            "introspection_endpoint_auth_methods_supported": [
+                "client_secret_basic",
+                "client_secret_post",
+            ],
+            "code_challenge_methods_supported": ["S256"],
+            "authorization_response_iss_parameter_supported": True,
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": [self.keys.signing.alg],
+            "claims_supported": [
+                "sub",
+                "iss",
+                "aud",
+                "exp",
+                "iat",
+                "auth_time",
+                "nonce",
+                "email",
+                "name",
+            ],
+            "prompt_values_supported": ["none", "login", "consent"],
+        }
+
+    def protected_resource_metadata(self, resource: str) -> dict[str, Any]:
+        """RFC 9728 section 2."""
+        return {
+            "resource": resource,
+            "authorization_servers": [self.settings.issuer],
+            "scopes_supported": list(self.settings.scopes),
+            "bearer_methods_supported": ["header"],
+        }
+
+
+def document(data: dict[str, Any], max_age: int) -> Handler:
+    """A document built once and served from memory."""
+    body = json.dumps(data, separators=(",", ":")).encode()
+    headers = {**CORS, "Cache-Control": f"public, max-age={max_age}"}
+
+    async def serve(request: Request) -> Response:
+        if request.method == "OPTIONS":
+            return Response(status_code=204, headers=CORS)
+        return Response(body, media_type="application/json", headers=headers)
+
+    return serve

@@ -1,0 +1,287 @@
+"""Codes, grants, refresh-token families, consents and revocations.
+
+A *grant* is what one authorization produced: its code, the access tokens and
+the refresh-token family that descend from it. Every token carries its grant
+id, so revoking a grant (a replayed code, a replayed refresh token, a
+revocation request) stops all of them at once.
+
+Single use is one atomic ``swap`` in the store: of any number of concurrent
+redemptions of one code or refresh token, exactly one sees it unused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from sidecar.config import Settings
+from sidecar.keys import KeySet
+from sidecar.oauth.errors import InvalidGrant, InvalidToken
+from sidecar.store import Store
+
+CODES, GRANTS, REFRESH, REVOKED, CONSENTS = "codes", "grants", "refresh", "revoked_jti", "consents"
+CONSENT_TTL = 180 * 86400
+ACCESS_TOKEN_TYPE = "at+jwt"  # RFC 9068 section 2.1
+LEEWAY = 5
+
+
+def digest(token: str) -> str:
+    """Codes and refresh tokens are stored hashed: a store dump holds none."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class IssuedTokens:
+    access_token: str
+    expires_in: int
+    scope: list[str]
+    refresh_token: str | None
+    id_token: str | None
+
+
+class Grants:
+    def __init__(self, settings: Settings, store: Store, keyset: KeySet) -> None:
+        self.settings = settings
+        self.store = store
+        self.keys = keyset
+        self.issuer = settings.issuer
+        self.resource_urls = {r.url for r in settings.resources} | {settings.default_resource.url}
+
+    # -- codes ------------------------------------------------------------------
+
+    async def new_code(self, details: dict[str, Any]) -> str:
+        code = secrets.token_urlsafe(32)
+        record = {**details, "grant_id": uuid.uuid4().hex, "used": False}
+        await self.store.put(CODES, digest(code), record, ttl=self.settings.code_ttl)
+        return code
+
+    async def redeem_code(self, code: str) -> dict[str, Any]:
+        """The code's details, once. A second redemption revokes everything
+        the first one issued (RFC 9700 section 4.2.4)."""
+        if not code or len(code) > 512:
+            raise InvalidGrant("invalid authorization code")
+        key = digest(code)
+        # Peek first: an unknown code leaves nothing behind, and the grant id
+        # (fixed at issue) goes on the used marker in the same atomic swap.
+        peek = await self.store.get(CODES, key)
+        if peek is None or "grant_id" not in peek:
+            raise InvalidGrant("invalid or expired authorization code")
+        marker = {"used": True, "grant_id": peek["grant_id"]}
+        old = await self.store.swap(CODES, key, marker, ttl=self.settings.refresh_token_ttl)
+        if old is None:
+            raise InvalidGrant("invalid or expired authorization code")
+        if old.get("used"):
+            await self.revoke_grant(old["grant_id"])
+            raise InvalidGrant("authorization code already used; its tokens are revoked")
+        return old
+
+    # -- grants -----------------------------------------------------------------
+
+    async def start_grant(self, grant_id: str, details: dict[str, Any]) -> None:
+        record = {
+            k: details.get(k)
+            for k in ("client_id", "sub", "email", "name", "scope", "resource", "auth_time")
+        }
+        record["revoked"] = False
+        stored = await self.store.put_if_absent(
+            GRANTS, grant_id, record, ttl=self.settings.refresh_token_ttl
+        )
+        if not stored:
+            # A replay got here first and revoked this grant.
+            existing = await self.store.get(GRANTS, grant_id)
+            if existing and existing.get("revoked"):
+                raise InvalidGrant("authorization code already used; its tokens are revoked")
+
+    async def grant(self, grant_id: str) -> dict[str, Any] | None:
+        return await self.store.get(GRANTS, grant_id)
+
+    async def revoke_grant(self, grant_id: str) -> None:
+        existing = await self.store.get(GRANTS, grant_id) or {}
+        await self.store.put(
+            GRANTS, grant_id, {**existing, "revoked": True}, ttl=self.settings.refresh_token_ttl
+        )
+
+    async def is_grant_revoked(self, grant_id: str) -> bool:
+        record = await self.store.get(GRANTS, grant_id)
+        return record is not None and bool(record.get("revoked"))
+
+    # -- tokens -----------------------------------------------------------------
+
+    async def issue(
+        self,
+        *,
+        grant_id: str,
+        client_id: str,
+        sub: str,
+        scope: list[str],
+        resource: str,
+        with_refresh: bool,
+        user: dict[str, Any],
+        nonce: str | None = None,
+        auth_time: int | None = None,
+        with_id_token: bool = True,
+    ) -> IssuedTokens:
+        now = int(time.time())
+        ttl = self.settings.access_token_ttl
+        claims = {
+            "iss": self.issuer,
+            "sub": sub,
+            "aud": resource,
+            "client_id": client_id,
+            "scope": " ".join(scope),
+            "jti": uuid.uuid4().hex,
+            "iat": now,
+            "exp": now + ttl,
+            "gid": grant_id,
+        }
+        access_token = self.keys.sign(claims, typ=ACCESS_TOKEN_TYPE)
+        refresh_token = None
+        if with_refresh:
+            refresh_token = f"{grant_id}.{secrets.token_urlsafe(32)}"
+            await self.store.put(
+                REFRESH,
+                digest(refresh_token),
+                {
+                    "grant_id": grant_id,
+                    "client_id": client_id,
+                    "sub": sub,
+                    "scope": scope,
+                    "resource": resource,
+                    "used": False,
+                    "user": user,
+                    "auth_time": auth_time,
+                },
+                ttl=self.settings.refresh_token_ttl,
+            )
+        id_token = None
+        if with_id_token and "openid" in scope:
+            id_claims: dict[str, Any] = {
+                "iss": self.issuer,
+                "sub": sub,
+                "aud": client_id,
+                "iat": now,
+                "exp": now + ttl,
+            }
+            if auth_time:
+                id_claims["auth_time"] = auth_time
+            if nonce:
+                id_claims["nonce"] = nonce
+            id_claims.update(user_claims(user, scope))
+            id_token = self.keys.sign(id_claims, typ="JWT")
+        return IssuedTokens(access_token, ttl, scope, refresh_token, id_token)
+
+    async def rotate_refresh(self, token: str, client_id: str) -> dict[str, Any]:
+        """The refresh token's record, once; a replay revokes the family
+        (RFC 9700 section 4.14.2)."""
+        grant_id, sep, _ = token.partition(".")
+        if not sep or len(token) > 512:
+            raise InvalidGrant("invalid refresh token")
+        key = digest(token)
+        if await self.store.get(REFRESH, key) is None:
+            raise InvalidGrant("invalid or expired refresh token")
+        old = await self.store.swap(
+            REFRESH, key, {"used": True, "grant_id": grant_id}, ttl=self.settings.refresh_token_ttl
+        )
+        if old is None:
+            raise InvalidGrant("invalid or expired refresh token")
+        if old.get("used"):
+            await self.revoke_grant(grant_id)
+            raise InvalidGrant("refresh token already used; the whole grant is revoked")
+        if old["client_id"] != client_id:
+            # Put nothing back: a token presented by another client is burnt.
+            raise InvalidGrant("refresh token was issued to another client")
+        if await self.is_grant_revoked(old["grant_id"]):
+            raise InvalidGrant("this grant has been revoked")
+        return old
+
+    async def revoke_refresh(self, token: str) -> bool:
+        grant_id, sep, _ = token.partition(".")
+        record = await self.store.get(REFRESH, digest(token)) if sep else None
+        if record is None:
+            return False
+        await self.revoke_grant(record["grant_id"])
+        return True
+
+    # -- access tokens ----------------------------------------------------------
+
+    def decode_access_token(self, token: str, audience: str | None = None) -> dict[str, Any]:
+        """Signature, issuer, audience, expiry and type of one of our access
+        tokens. A Convex session JWT fails here: wrong issuer, audience and type."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise InvalidToken("malformed token") from None
+        if header.get("typ") != ACCESS_TOKEN_TYPE:
+            raise InvalidToken("not an access token (typ must be at+jwt)")
+        entry = self.keys.verifying.get(str(header.get("kid")))
+        if entry is None or header.get("alg") != entry[0]:
+            raise InvalidToken("unknown signing key")
+        alg, key = entry
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=[alg],
+                issuer=self.issuer,
+                leeway=LEEWAY,
+                options={
+                    "verify_aud": False,
+                    "require": ["exp", "iat", "sub", "iss", "aud", "jti", "client_id"],
+                },
+            )
+        except jwt.ExpiredSignatureError:
+            raise InvalidToken("token expired") from None
+        except jwt.PyJWTError as exc:
+            raise InvalidToken(f"invalid token: {exc}") from None
+        allowed = {audience} if audience else self.resource_urls
+        if claims["aud"] not in allowed:
+            raise InvalidToken("token is for another audience")
+        return claims
+
+    async def verify_access_token(self, token: str, audience: str | None = None) -> dict[str, Any]:
+        claims = self.decode_access_token(token, audience)
+        if await self.store.get(REVOKED, claims["jti"]) is not None:
+            raise InvalidToken("token revoked")
+        if claims.get("gid") and await self.is_grant_revoked(claims["gid"]):
+            raise InvalidToken("token revoked")
+        return claims
+
+    async def revoke_access_token(self, claims: dict[str, Any]) -> None:
+        ttl = max(1, int(claims["exp"]) - int(time.time()) + LEEWAY)
+        await self.store.put(REVOKED, claims["jti"], {}, ttl=ttl)
+
+    # -- consent ----------------------------------------------------------------
+
+    @staticmethod
+    def _consent_key(sub: str, client_id: str, resource: str) -> str:
+        return digest(f"{sub}\x00{client_id}\x00{resource}")
+
+    async def remembered_consent(
+        self, sub: str, client_id: str, resource: str, scope: list[str]
+    ) -> bool:
+        record = await self.store.get(CONSENTS, self._consent_key(sub, client_id, resource))
+        return record is not None and set(scope) <= set(record.get("scope", []))
+
+    async def remember_consent(
+        self, sub: str, client_id: str, resource: str, scope: list[str]
+    ) -> None:
+        key = self._consent_key(sub, client_id, resource)
+        existing = await self.store.get(CONSENTS, key) or {}
+        merged = sorted(set(existing.get("scope", [])) | set(scope))
+        await self.store.put(CONSENTS, key, {"scope": merged}, ttl=CONSENT_TTL)
+
+
+def user_claims(user: dict[str, Any], scope: list[str]) -> dict[str, Any]:
+    """OpenID Connect Core section 5.4: claims by scope."""
+    claims: dict[str, Any] = {}
+    if "email" in scope and user.get("email"):
+        claims["email"] = user["email"]
+    if "profile" in scope and user.get("name"):
+        claims["name"] = user["name"]
+    return claims

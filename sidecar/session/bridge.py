@@ -1,0 +1,137 @@
+"""Who is the browser's user? The upstream's Better Auth decides, never us.
+
+1. ``convex()`` keeps the session JWT in the ``better-auth.convex_jwt`` cookie
+   (``__Secure-`` on https); when it verifies against the static JWKS (issuer,
+   ``aud = convex``, expiry) that is the user, with no upstream call. The
+   upstream answers /convex/token at only a few hundred requests per second.
+2. Otherwise the browser's ``Cookie`` (and the crossDomain plugin's
+   ``Better-Auth-Cookie``) go to ``<auth base>/convex/token``; the returned JWT
+   is verified the same way, and any ``Set-Cookie`` goes back to the browser.
+3. Without a static JWKS, ``<auth base>/get-session`` answers instead.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+
+from sidecar.config import Settings
+from sidecar.keys import KeySet
+from sidecar.proxy.upstream import UpstreamClient, UpstreamUnavailable
+
+SESSION_AUDIENCE = "convex"
+CLOCK_SKEW = 5  # seconds, as Convex allows
+
+
+@dataclass(frozen=True)
+class User:
+    sub: str
+    email: str | None = None
+    name: str | None = None
+
+
+@dataclass
+class SessionLookup:
+    user: User | None
+    set_cookies: list[bytes] = field(default_factory=list)
+    source: str = "none"  # cookie, convex-token, get-session or none
+
+
+def parse_cookie_header(value: str) -> dict[str, str]:
+    cookies: dict[str, str] = {}
+    for part in value.split(";"):
+        name, sep, val = part.strip().partition("=")
+        if sep and name and name not in cookies:
+            cookies[name] = val.strip().strip('"')
+    return cookies
+
+
+class SessionBridge:
+    def __init__(self, settings: Settings, upstream: UpstreamClient, keyset: KeySet) -> None:
+        self.settings = settings
+        self.upstream = upstream
+        self.keys = keyset.session_keys
+        self.issuer = (settings.session_issuer or "").rstrip("/")
+        prefix = settings.session_cookie_prefix
+        self.jwt_cookie_names = (f"__Secure-{prefix}.convex_jwt", f"{prefix}.convex_jwt")
+        base = settings.auth_base_path.rstrip("/")
+        self.token_path = f"{base}/convex/token"
+        self.session_path = f"{base}/get-session"
+
+    def verify_session_jwt(self, token: str) -> User | None:
+        """A Convex session JWT from this deployment, or None."""
+        try:
+            header = jwt.get_unverified_header(token)
+            alg, key = self.keys[header.get("kid", "")]
+            if header.get("alg") != alg:
+                return None
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[alg],
+                audience=SESSION_AUDIENCE,
+                issuer=self.issuer,
+                leeway=CLOCK_SKEW,
+                options={"require": ["exp", "iat", "sub", "iss", "aud"]},
+            )
+        except (jwt.PyJWTError, KeyError, ValueError, TypeError):
+            return None
+        # An OAuth access token of ours is never a session (DESIGN.md).
+        if header.get("typ") == "at+jwt":
+            return None
+        return User(sub=str(claims["sub"]), email=claims.get("email"), name=claims.get("name"))
+
+    async def lookup(self, cookie: str | None, better_auth_cookie: str | None) -> SessionLookup:
+        if self.keys:
+            for source in (cookie, better_auth_cookie):
+                if not source:
+                    continue
+                jar = parse_cookie_header(source)
+                for name in self.jwt_cookie_names:
+                    if name in jar:
+                        user = self.verify_session_jwt(jar[name])
+                        if user:
+                            return SessionLookup(user, source="cookie")
+        if not cookie and not better_auth_cookie:
+            return SessionLookup(None)
+        headers = []
+        if cookie:
+            headers.append(("cookie", cookie))
+        if better_auth_cookie:
+            headers.append(("better-auth-cookie", better_auth_cookie))
+        headers.append(("accept", "application/json"))
+        headers.append(("host", self.upstream.base_url.split("://", 1)[1]))
+        if self.keys:
+            return await self._ask(self.token_path, headers, self._from_token)
+        return await self._ask(self.session_path, headers, self._from_session)
+
+    async def _ask(self, path: str, headers: list[tuple[str, str]], parse: Any) -> SessionLookup:
+        response = await self.upstream.request("GET", path, headers)
+        try:
+            body = await response.read(limit=256 * 1024)
+        finally:
+            response.release()
+        cookies = response.set_cookies()
+        if response.status in (401, 403):
+            return SessionLookup(None, cookies)
+        if response.status != 200:
+            raise UpstreamUnavailable(f"{path} answered {response.status}")
+        try:
+            user = parse(json.loads(body) if body else None)
+        except (ValueError, TypeError, KeyError):
+            raise UpstreamUnavailable(f"{path} answered something that is not a session") from None
+        return SessionLookup(user, cookies, source="convex-token" if self.keys else "get-session")
+
+    def _from_token(self, body: Any) -> User | None:
+        token = body.get("token") if isinstance(body, dict) else None
+        return self.verify_session_jwt(token) if isinstance(token, str) else None
+
+    @staticmethod
+    def _from_session(body: Any) -> User | None:
+        if not isinstance(body, dict) or not isinstance(body.get("user"), dict):
+            return None
+        user = body["user"]
+        return User(sub=str(user["id"]), email=user.get("email"), name=user.get("name"))

@@ -1,0 +1,67 @@
+"""The store interface: a few atomic operations on JSON records by namespace.
+
+Every single-use or rotating record (codes, refresh tokens, pending
+authorizations) is redeemed with one atomic ``swap`` or ``take``, so two
+replicas can never both redeem it; the Redis backend maps each operation to
+one Redis command (GET, SET EX, SET NX, SET GET, GETDEL, INCR).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+Record = dict[str, Any]
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached or answered with an error (503 upstream of it)."""
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def ping(self) -> None: ...
+
+    async def get(self, ns: str, key: str) -> Record | None: ...
+
+    async def put(self, ns: str, key: str, value: Record, ttl: float | None = None) -> None: ...
+
+    async def put_if_absent(
+        self, ns: str, key: str, value: Record, ttl: float | None = None
+    ) -> bool:
+        """Store only when no live record exists; True when stored."""
+        ...
+
+    async def swap(
+        self, ns: str, key: str, value: Record, ttl: float | None = None
+    ) -> Record | None:
+        """Atomically replace a record and return what was there (None if nothing)."""
+        ...
+
+    async def take(self, ns: str, key: str) -> Record | None:
+        """Atomically read and delete a record."""
+        ...
+
+    async def delete(self, ns: str, key: str) -> None: ...
+
+    async def incr(self, ns: str, key: str, ttl: float) -> int:
+        """Add one to a counter that expires ``ttl`` seconds after it was created."""
+        ...
+
+    async def scan(self, ns: str) -> list[tuple[str, Record]]:
+        """Every live record of a namespace (small namespaces only: clients)."""
+        ...
+
+
+def open_store(url: str) -> Store:
+    """The backend for a store URL, imported lazily."""
+    scheme = url.split("://", 1)[0].lower()
+    if scheme == "memory":
+        from sidecar.store.memory import MemoryStore
+
+        return MemoryStore()
+    if scheme == "sqlite":
+        from sidecar.store.sqlite import SQLiteStore
+
+        return SQLiteStore(url)
+    raise ValueError(f"no store backend for {scheme}:// in this version")

@@ -1,0 +1,89 @@
+"""The store's atomic operations hold on every backend."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from sidecar.store import Store, open_store
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/s.db"
+    s = open_store(url)
+    await s.open()
+    yield s
+    await s.close()
+
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def test_records_round_trip_and_expire(store: Store) -> None:
+    await store.put("ns", "a", {"x": 1})
+    await store.put("ns", "b", {"x": 2}, ttl=0.05)
+    assert await store.get("ns", "a") == {"x": 1}
+    assert await store.get("ns", "b") == {"x": 2}
+    await asyncio.sleep(0.1)
+    assert await store.get("ns", "b") is None
+    assert await store.scan("ns") == [("a", {"x": 1})]
+
+
+async def test_one_hundred_concurrent_swaps_see_the_fresh_record_exactly_once(store: Store) -> None:
+    await store.put("codes", "c1", {"used": False})
+    results = await asyncio.gather(*(store.swap("codes", "c1", {"used": True}) for _ in range(100)))
+    fresh = [r for r in results if r == {"used": False}]
+    assert len(fresh) == 1
+    assert all(r == {"used": True} for r in results if r is not fresh[0])
+
+
+async def test_take_returns_a_record_once(store: Store) -> None:
+    await store.put("pending", "p", {"v": 1})
+    results = await asyncio.gather(*(store.take("pending", "p") for _ in range(20)))
+    assert results.count({"v": 1}) == 1
+    assert await store.get("pending", "p") is None
+
+
+async def test_put_if_absent_stores_only_the_first(store: Store) -> None:
+    results = await asyncio.gather(*(store.put_if_absent("once", "k", {"i": i}) for i in range(20)))
+    assert results.count(True) == 1
+
+
+async def test_counters_count_and_expire(store: Store) -> None:
+    counts = await asyncio.gather(*(store.incr("rl", "ip", ttl=0.2) for _ in range(10)))
+    assert sorted(counts) == list(range(1, 11))
+    await asyncio.sleep(0.3)
+    assert await store.incr("rl", "ip", ttl=0.2) == 1
+
+
+async def test_sqlite_keeps_records_across_reopen(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/durable.db"
+    first = open_store(url)
+    await first.open()
+    await first.put("clients", "c", {"name": "kept"})
+    await first.close()
+    second = open_store(url)
+    await second.open()
+    assert await second.get("clients", "c") == {"name": "kept"}
+    await second.close()
+
+
+async def test_sqlite_purges_expired_records(tmp_path: Path) -> None:
+    from sidecar.store.sqlite import SQLiteStore
+
+    s = SQLiteStore(f"sqlite:///{tmp_path}/p.db")
+    await s.open()
+    await s.put("ns", "gone", {}, ttl=0.01)
+    await s.put("ns", "kept", {})
+    await asyncio.sleep(0.05)
+    assert await s.purge_expired() == 1
+    await s.close()

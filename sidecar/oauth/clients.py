@@ -121,7 +121,9 @@ def redirect_uri_matches(registered: list[str], requested: str) -> bool:
     if requested in registered:
         return True
     req = urlsplit(requested)
-    if req.scheme != "http" or (req.hostname not in LOOPBACK_HOSTS and not is_loopback(req.hostname)):
+    if req.scheme != "http" or (
+        req.hostname not in LOOPBACK_HOSTS and not is_loopback(req.hostname)
+    ):
         return False
     try:
         req.port  # noqa: B018 - raises on a malformed port
@@ -233,7 +235,7 @@ class ClientRegistry:
 
 def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
     """RFC 6749 section 2.3.1: form-encoded id and secret in HTTP Basic."""
-    if not authorization or not authorization[:6].lower() == "basic ":
+    if not authorization or authorization[:6].lower() != "basic ":
         return None
     try:
         decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode("utf-8")

@@ -201,7 +201,7 @@ class Grants:
         return old
 
     async def revoke_refresh(self, token: str) -> bool:
-        grant_id, sep, _ = token.partition(".")
+        _grant_id, sep, _ = token.partition(".")
         record = await self.store.get(REFRESH, digest(token)) if sep else None
         if record is None:
             return False

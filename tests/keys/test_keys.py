@@ -96,13 +96,15 @@ def test_only_public_keys_are_published() -> None:
     for keyset in (load_keyset(reuse_settings()),):
         for key in keyset.jwks()["keys"]:
             assert not {"d", "p", "q", "dp", "dq", "qi"} & set(key)
-            assert key["kid"] and key["alg"] == "RS256"
+            assert key["kid"]
+            assert key["alg"] == "RS256"
 
 
 def test_the_embedded_default_generates_a_key_once_and_keeps_it_0600(tmp_path: Path) -> None:
     settings = load_settings(env={"SIDECAR_DATA_DIR": str(tmp_path)})
     first = load_keyset(settings)
-    assert first.mode == "generated" and first.generated_now
+    assert first.mode == "generated"
+    assert first.generated_now
     path = keys_file(settings)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     second = load_keyset(settings)

@@ -182,12 +182,12 @@ def node_available() -> bool:
     return shutil.which("node") is not None and (NODE_DIR / "node_modules" / "better-auth").is_dir()
 
 
-def start_better_auth(**extra: str) -> Process:
+def start_better_auth(port: int | None = None, **extra: str) -> Process:
     require(
         node_available(),
         "Node or the Better Auth fixture is missing (run `make test`, which installs it with npm)",
     )
-    port = free_port()
+    port = port or free_port()
     env = {"PORT": str(port), **extra}
     return start(
         "better-auth",

@@ -54,6 +54,20 @@ const server = http.createServer((req, res) => {
     res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
     return res.end(loginPage);
   }
+  if (req.url.startsWith("/api/mcp")) {
+    // A stand-in MCP endpoint that checks bearer tokens itself: without one
+    // it answers the MCP authorization challenge (RFC 9728).
+    const auth = req.headers.authorization ?? "";
+    if (!auth.toLowerCase().startsWith("bearer ")) {
+      res.writeHead(401, {
+        "content-type": "application/json",
+        "www-authenticate": `Bearer resource_metadata="${process.env.MCP_RESOURCE_METADATA ?? ""}"`,
+      });
+      return res.end(JSON.stringify({ error: "unauthorized" }));
+    }
+    res.writeHead(200, { "content-type": "application/json" });
+    return res.end(JSON.stringify({ authorization: auth }));
+  }
   if (req.url === "/healthz") {
     res.writeHead(200, { "content-type": "text/plain" });
     return res.end("ok");

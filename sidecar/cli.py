@@ -7,6 +7,7 @@ and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from collections.abc import Sequence
@@ -38,6 +39,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="print the effective configuration")
     _config_args(check)
+
+    convex = sub.add_parser(
+        "convex-auth-config",
+        help="print the convex/auth.config.ts provider entries that accept the sidecar's tokens",
+    )
+    _config_args(convex)
+
+    keys = sub.add_parser("keys", help="signing keys")
+    _config_args(keys)
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    keys_sub.add_parser("list", help="the published keys and which one signs")
+    keys_sub.add_parser("rotate", help="add a key that signs from now on (own-key mode)")
+
+    clients = sub.add_parser("clients", help="pre-registered OAuth clients")
+    _config_args(clients)
+    clients_sub = clients.add_subparsers(dest="clients_command", required=True)
+    add = clients_sub.add_parser("add", help="register a client; prints its id (and secret)")
+    add.add_argument("--name", required=True)
+    add.add_argument("--redirect-uri", action="append", required=True, dest="redirect_uris")
+    add.add_argument(
+        "--confidential", action="store_true", help="issue a secret (client_secret_basic)"
+    )
+    add.add_argument("--scope", default=None)
+    clients_sub.add_parser("list", help="list registered clients")
+    remove = clients_sub.add_parser("remove", help="remove a client")
+    remove.add_argument("client_id")
     return parser
 
 
@@ -64,10 +91,91 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check-config":
             print(json.dumps(settings.redacted(), indent=2))
             return 0
+        if args.command == "convex-auth-config":
+            from sidecar.convex import auth_config_snippet
+            from sidecar.keys import load_keyset
+
+            print(auth_config_snippet(settings, load_keyset(settings)))
+            return 0
+        if args.command == "keys":
+            return _keys(settings, args)
+        if args.command == "clients":
+            return asyncio.run(_clients(settings, args))
     except (ConfigError, KeyError_) as exc:
         names = " / ".join(env_names(exc.key)) if exc.key != "config" else "--config"
         return fail(f"configuration error: {exc.key} ({names}): {exc.message}")
     return fail(f"unknown command {args.command!r}")
+
+
+def _keys(settings: Settings, args: argparse.Namespace) -> int:
+    from sidecar.keys import load_keyset
+    from sidecar.keys.keyset import rotate_managed_keys
+
+    if args.keys_command == "rotate":
+        if settings.jwks or settings.signing_key_file:
+            return fail(
+                "keys rotate manages generated keys only; with JWKS or signing_key_file, "
+                "rotate those values instead (see deploy/README.md)",
+                1,
+            )
+        new = rotate_managed_keys(settings)
+        print(
+            f"new signing key {new['kid']}; restart or wait for replicas to reload; "
+            f"older keys stay published for {settings.access_token_ttl + 60} s"
+        )
+        return 0
+    keyset = load_keyset(settings)
+    print(f"mode: {keyset.mode}")
+    for key in keyset.published:
+        marker = "signing" if key["kid"] == keyset.signing.kid else "published"
+        print(f"{key['kid']}\t{key['alg']}\t{marker}")
+    return 0
+
+
+async def _clients(settings: Settings, args: argparse.Namespace) -> int:
+    from sidecar.oauth.clients import ClientRegistry, client_from_metadata
+    from sidecar.oauth.errors import OAuthError
+    from sidecar.store import open_store
+
+    store = open_store(settings.store_url)
+    await store.open()
+    try:
+        registry = ClientRegistry(store)
+        if args.clients_command == "add":
+            metadata: dict[str, Any] = {
+                "client_name": args.name,
+                "redirect_uris": args.redirect_uris,
+                "grant_types": ["authorization_code", "refresh_token"],
+                "token_endpoint_auth_method": "client_secret_basic"
+                if args.confidential
+                else "none",
+            }
+            if args.scope:
+                metadata["scope"] = args.scope
+            try:
+                client, secret = client_from_metadata(metadata, settings.scopes, source="cli")
+            except OAuthError as exc:
+                return fail(f"{exc.error}: {exc.description}", 1)
+            await registry.add(client)
+            print(f"client_id: {client.client_id}")
+            if secret:
+                print(f"client_secret: {secret}  (shown once; store it now)")
+            return 0
+        if args.clients_command == "list":
+            for client in await registry.all():
+                print(
+                    f"{client.client_id}\t{client.source}\t{client.token_endpoint_auth_method}"
+                    f"\t{client.client_name or '-'}\t{' '.join(client.redirect_uris)}"
+                )
+            return 0
+        if args.clients_command == "remove":
+            if await registry.remove(args.client_id):
+                print(f"removed {args.client_id}")
+                return 0
+            return fail(f"no client {args.client_id}", 1)
+    finally:
+        await store.close()
+    return 1
 
 
 def run() -> Any:  # pragma: no cover - console script

@@ -239,9 +239,7 @@ class AuthorizationEndpoint:
         if len(values) != 1:
             raise InvalidTarget("one resource per authorization")
         value = values.pop()
-        canonical = (
-            value.rstrip("/") if urlsplit(value).path not in ("", "/") else value.rstrip("/")
-        )
+        canonical = value.rstrip("/")  # resources are kept without a trailing slash
         known = {r.url for r in self.settings.resources} | {self.settings.default_resource.url}
         if "#" in value or canonical not in known:
             raise InvalidTarget("resource is not one this server issues tokens for")

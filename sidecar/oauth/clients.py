@@ -186,9 +186,10 @@ def client_from_metadata(
     if name is not None and (not isinstance(name, str) or len(name) > 200):
         raise InvalidClientMetadata("client_name must be a string of at most 200 characters")
     client_uri = metadata.get("client_uri")
-    if client_uri is not None:
-        if not isinstance(client_uri, str) or urlsplit(client_uri).scheme not in ("https", "http"):
-            raise InvalidClientMetadata("client_uri must be an http(s) URL")
+    if client_uri is not None and (
+        not isinstance(client_uri, str) or urlsplit(client_uri).scheme not in ("https", "http")
+    ):
+        raise InvalidClientMetadata("client_uri must be an http(s) URL")
 
     secret = None if method == "none" else secrets.token_urlsafe(32)
     client = Client(

@@ -9,6 +9,7 @@ records are invisible at once and purged every minute.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
@@ -79,10 +80,8 @@ class SQLiteStore:
     async def _purge_forever(self) -> None:
         while True:
             await asyncio.sleep(60)
-            try:
+            with contextlib.suppress(StoreUnavailable):  # tried again next minute
                 await self.purge_expired()
-            except StoreUnavailable:
-                pass  # tried again next minute
 
     async def purge_expired(self) -> int:
         def purge() -> int:

@@ -73,8 +73,9 @@ async def test_the_mcp_sdk_client_discovers_registers_authorizes_and_refreshes(
         location = await anyio.to_thread.run_sync(follow)
         params = {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
         seen["iss"] = params["iss"]
-        return AuthorizationCodeResult(code=params["code"], state=params.get("state"),
-                                       iss=params.get("iss"))
+        return AuthorizationCodeResult(
+            code=params["code"], state=params.get("state"), iss=params.get("iss")
+        )
 
     storage = MemoryTokens()
     provider = OAuthClientProvider(
@@ -93,7 +94,8 @@ async def test_the_mcp_sdk_client_discovers_registers_authorizes_and_refreshes(
         response = await client.get(mcp_url)
         assert response.status_code == 200, response.text
         first = storage.tokens
-        assert first is not None and first.refresh_token
+        assert first is not None
+        assert first.refresh_token
         # The app saw the sidecar's token, for the MCP resource, for this user.
         bearer = response.json()["authorization"].split(" ", 1)[1]
         claims = jwt.decode(bearer, options={"verify_signature": False})
@@ -101,7 +103,8 @@ async def test_the_mcp_sdk_client_discovers_registers_authorizes_and_refreshes(
         assert claims["iss"] == f"{base}/oauth" == seen["iss"]
         assert storage.client is not None
         assert claims["client_id"] == storage.client.client_id
-        assert "prompt=consent" in seen["authorize"] and "resource=" in seen["authorize"]
+        assert "prompt=consent" in seen["authorize"]
+        assert "resource=" in seen["authorize"]
 
         # The app's own Convex login keeps working throughout.
         assert browser.get("/api/auth/convex/token").status_code == 200
@@ -114,7 +117,8 @@ async def test_the_mcp_sdk_client_discovers_registers_authorizes_and_refreshes(
         assert storage.tokens.access_token != first.access_token
         assert storage.tokens.refresh_token != first.refresh_token
 
-    userinfo = httpx.get(f"{base}/oauth/userinfo",
-                         headers={"Authorization": f"Bearer {storage.tokens.access_token}"})
+    userinfo = httpx.get(
+        f"{base}/oauth/userinfo", headers={"Authorization": f"Bearer {storage.tokens.access_token}"}
+    )
     assert userinfo.json()["email"] == browser.email
     assert browser.get("/api/auth/convex/token").status_code == 200

@@ -12,7 +12,10 @@ import pytest
 from tests.support.processes import IN_CI, ROOT
 
 SECRET = "fixture-secret-3b1f0c9e8d7a6b5c4d3e2f1a0b9c8d7e"
-SECRETS = "2:fixture-rotated-secret-9a8b7c6d5e4f3a2b1c0d,1:fixture-secret-3b1f0c9e8d7a6b5c4d3e2f1a0b9c8d7e"
+SECRETS = (
+    "2:fixture-rotated-secret-9a8b7c6d5e4f3a2b1c0d,"
+    "1:fixture-secret-3b1f0c9e8d7a6b5c4d3e2f1a0b9c8d7e"
+)
 SITE_URL = "http://localhost:3290"
 
 

@@ -131,7 +131,7 @@ def signed_in_cookie(stack_url: str, origin: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=int(os.environ.get("BENCH_SECONDS", "5")))
-    parser.add_argument("--only", choices=["proxy", "better-auth"], default=None)
+    parser.add_argument("--only", choices=["proxy", "better-auth", "tokens"], default=None)
     args = parser.parse_args()
     levels = [1, 16, 64]
     tool = "wrk" if shutil.which("wrk") else "python load generator (install wrk: better figures)"
@@ -174,6 +174,13 @@ def main() -> int:
                     args.seconds,
                     {"Cookie": cookie},
                 )
+        if args.only in (None, "tokens"):
+            if shutil.which("wrk"):
+                from bench.tokens import run as run_tokens
+
+                run_tokens(args.seconds)
+            else:
+                print("\n(c) skipped: the token benchmark needs wrk (apt-get install wrk)")
     finally:
         for p in reversed(processes):
             p.stop()

@@ -407,6 +407,52 @@ def test_unsupported_grant_types_are_named(client: OAuthClient) -> None:
     assert client.token(grant_type="password").json()["error"] == "unsupported_grant_type"
 
 
+def test_prompt_login_sends_a_signed_in_user_to_login_once_then_resumes(
+    oauth_stack: Stack, browser: Browser, client: OAuthClient
+) -> None:
+    r = browser.get(client.authorize_url(prompt="login"))
+    assert r.status_code == 303
+    resume = query_of(r.headers["location"])["callbackURL"]
+    page = browser.get(resume)  # back from the login page: no second trip
+    assert page.status_code == 200
+    assert "wants to access your account" in page.text
+
+
+def test_the_nonce_is_carried_into_the_id_token(browser: Browser, client: OAuthClient) -> None:
+    code = client.login(browser, nonce="n-0S6_WzA2Mj")["code"]
+    body = client.exchange(code).json()
+    claims = jwt.decode(body["id_token"], options={"verify_signature": False})
+    assert claims["nonce"] == "n-0S6_WzA2Mj"
+
+
+def test_a_confidential_client_authenticates_with_basic_at_the_token_endpoint(
+    oauth_stack: Stack, browser: Browser
+) -> None:
+    c = OAuthClient(oauth_stack.sidecar.url)
+    c.register(token_endpoint_auth_method="client_secret_basic")
+    code = c.login(browser)["code"]
+    form = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": c.redirect_uri,
+        "code_verifier": c.verifier,
+    }
+    wrong = httpx.post(
+        oauth_stack.sidecar.url + "/oauth/token", data=form, auth=(c.client_id, "not-the-secret")
+    )
+    assert wrong.status_code == 401
+    assert wrong.headers["www-authenticate"].startswith("Basic")
+    code = c.login(browser)["code"]
+    form["code"], form["code_verifier"] = code, c.verifier
+    right = httpx.post(
+        oauth_stack.sidecar.url + "/oauth/token",
+        data=form,
+        auth=(c.client_id, c.client_secret or ""),
+    )
+    assert right.status_code == 200
+
+
+# Last in this module: it reads the log of every request above.
 def test_no_request_in_this_module_caused_a_server_error(oauth_stack: Stack) -> None:
     records = oauth_stack.sidecar.log_records()
     assert not [r for r in records if r.get("status") == 500]

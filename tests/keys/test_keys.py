@@ -156,3 +156,29 @@ def test_a_key_file_that_is_not_a_key_is_refused(tmp_path: Path) -> None:
     with pytest.raises(KeyError_) as error:
         load_keyset(load_settings(env={"SIDECAR_SIGNING_KEY_FILE": str(path)}))
     assert error.value.key == "signing_key_file"
+
+
+def test_serve_with_a_wrong_secret_exits_2_with_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "serve"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "JWKS": fixtures.text("static-jwks.json"),
+            "BETTER_AUTH_SECRET": "wrong-secret",
+            "CONVEX_SITE_URL": fixtures.SITE_URL,
+            "SIDECAR_DATA_DIR": str(tmp_path),
+            "SIDECAR_PORT": "0",
+        },
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("sidecar: configuration error: jwks (SIDECAR_JWKS / JWKS):")
+    assert "does not decrypt" in lines[0]
+    assert "wrong-secret" not in result.stderr

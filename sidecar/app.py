@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sidecar.config import Settings
+from sidecar.config import ConfigError, Settings
 from sidecar.keys import KeyError_, load_keyset
 from sidecar.oauth.authorize import AuthorizationEndpoint
 from sidecar.oauth.clients import ClientRegistry
@@ -81,7 +81,10 @@ class SidecarApp:
             connect_timeout=settings.upstream_connect_timeout,
             response_timeout=settings.upstream_response_timeout,
         )
-        self.store = open_store(settings.store_url)
+        try:
+            self.store = open_store(settings.store_url)
+        except ValueError as exc:
+            raise ConfigError("store_url", str(exc)) from None
         if settings.jwks and not settings.session_issuer:
             raise KeyError_(
                 "session_issuer",

@@ -157,3 +157,11 @@ def test_check_config_prints_the_effective_configuration_with_secrets_redacted()
     assert shown["better_auth_secret"] == "<redacted>"
     assert shown["jwks"] == "<redacted>"
     assert "super-secret-value" not in result.stdout
+
+
+def test_a_store_url_without_a_backend_stops_start_up_with_one_line() -> None:
+    result = run_cli("serve", env={"SIDECAR_STORE_URL": "redis://127.0.0.1:6379/0"})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("sidecar: configuration error: store_url (SIDECAR_STORE_URL):")

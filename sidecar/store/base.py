@@ -64,4 +64,6 @@ def open_store(url: str) -> Store:
         from sidecar.store.sqlite import SQLiteStore
 
         return SQLiteStore(url)
-    raise ValueError(f"no store backend for {scheme}:// in this version")
+    raise ValueError(
+        f"{scheme}:// is not supported by this version yet; use sqlite:/// or memory://"
+    )

@@ -13,7 +13,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sidecar.config import ConfigError, Settings
-from sidecar.keys import KeyError_, load_keyset
+from sidecar.keys import load_keyset
 from sidecar.oauth.authorize import AuthorizationEndpoint
 from sidecar.oauth.clients import ClientRegistry
 from sidecar.oauth.endpoints import OAuthEndpoints, document, oauth_json
@@ -86,7 +86,7 @@ class SidecarApp:
         except ValueError as exc:
             raise ConfigError("store_url", str(exc)) from None
         if settings.jwks and not settings.session_issuer:
-            raise KeyError_(
+            raise ConfigError(
                 "session_issuer",
                 "JWKS is set, so the session JWT issuer is "
                 "needed too: set CONVEX_SITE_URL or SIDECAR_SESSION_ISSUER",

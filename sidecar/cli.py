@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from sidecar.config import ConfigError, Settings, env_names, load_settings
-from sidecar.keys import KeyError_
 
 EXIT_CONFIG = 2
 
@@ -101,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _keys(settings, args)
         if args.command == "clients":
             return asyncio.run(_clients(settings, args))
-    except (ConfigError, KeyError_) as exc:
+    except ConfigError as exc:
         names = " / ".join(env_names(exc.key)) if exc.key != "config" else "--config"
         return fail(f"configuration error: {exc.key} ({names}): {exc.message}")
     return fail(f"unknown command {args.command!r}")

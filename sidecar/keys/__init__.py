@@ -1,5 +1,5 @@
 """Signing keys: loading, decrypting, publishing and rotating."""
 
-from sidecar.keys.keyset import KeyError_, KeySet, SigningKey, load_keyset
+from sidecar.keys.keyset import KeySet, SigningKey, load_keyset
 
-__all__ = ["KeyError_", "KeySet", "SigningKey", "load_keyset"]
+__all__ = ["KeySet", "SigningKey", "load_keyset"]

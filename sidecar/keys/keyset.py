@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from sidecar.config import Settings
+from sidecar.config import ConfigError, Settings
 from sidecar.keys.static_jwks import (
     StaticJwksError,
     decrypt_private_jwk,
@@ -35,15 +35,6 @@ from sidecar.keys.static_jwks import (
 SUPPORTED_ALGS = ("RS256", "ES256")  # what Convex's customJwt accepts
 KEYS_FILE = "signing-keys.json"
 PUBLIC_FIELDS = {"kty", "n", "e", "crv", "x", "y"}
-
-
-class KeyError_(Exception):
-    """A key configuration that cannot be used; ``key`` names the setting."""
-
-    def __init__(self, key: str, message: str) -> None:
-        self.key = key
-        self.message = message
-        super().__init__(f"{key}: {message}")
 
 
 @dataclass(frozen=True)
@@ -115,12 +106,14 @@ def _static_mode(settings: Settings) -> KeySet:
     try:
         rows = parse_rows(settings.jwks)
     except StaticJwksError as exc:
-        raise KeyError_("jwks", str(exc)) from None
+        raise ConfigError("jwks", str(exc)) from None
     session_keys = {}
     published = []
     for row in rows:
         if row.alg not in SUPPORTED_ALGS:
-            raise KeyError_("jwks", f"key {row.kid} uses {row.alg}; Convex accepts RS256 or ES256")
+            raise ConfigError(
+                "jwks", f"key {row.kid} uses {row.alg}; Convex accepts RS256 or ES256"
+            )
         session_keys[row.kid] = (row.alg, _public_key(row.public_jwk, row.alg))
         published.append(public_jwk(row.public_jwk, row.kid, row.alg))
     if settings.signing_key_file:
@@ -128,7 +121,7 @@ def _static_mode(settings: Settings) -> KeySet:
         keyset.session_keys = session_keys
         return keyset
     if not (settings.better_auth_secret or settings.better_auth_secrets):
-        raise KeyError_(
+        raise ConfigError(
             "better_auth_secret",
             "JWKS is set but neither BETTER_AUTH_SECRET nor BETTER_AUTH_SECRETS is: "
             "the static JWKS private key cannot be decrypted",
@@ -138,7 +131,7 @@ def _static_mode(settings: Settings) -> KeySet:
         newest = max(rows, key=lambda r: r.created_at)
         private_jwk = decrypt_private_jwk(newest, secret_map)
     except StaticJwksError as exc:
-        raise KeyError_("jwks", str(exc)) from None
+        raise ConfigError("jwks", str(exc)) from None
     signing = SigningKey(
         kid=newest.kid,
         alg=newest.alg,
@@ -157,7 +150,7 @@ def _file_mode(settings: Settings) -> KeySet:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise KeyError_("signing_key_file", f"cannot read {path}: {exc.strerror}") from None
+        raise ConfigError("signing_key_file", f"cannot read {path}: {exc.strerror}") from None
     kid = None
     try:
         if data.lstrip().startswith(b"{"):
@@ -169,7 +162,9 @@ def _file_mode(settings: Settings) -> KeySet:
             private = serialization.load_pem_private_key(data, password=None)
         alg = _alg_for(private)
     except (ValueError, TypeError, jwt.InvalidKeyError) as exc:
-        raise KeyError_("signing_key_file", f"{path} is not a usable private key: {exc}") from None
+        raise ConfigError(
+            "signing_key_file", f"{path} is not a usable private key: {exc}"
+        ) from None
     jwk = _to_jwk(private)
     kid = kid or jwt.PyJWK(jwk).key_id or _thumbprint_kid(jwk)
     signing = SigningKey(kid, alg, private, public_jwk(jwk, kid, alg))
@@ -195,7 +190,7 @@ def read_managed_keys(path: Path) -> list[dict[str, Any]]:
     except FileNotFoundError:
         return []
     except (OSError, ValueError) as exc:
-        raise KeyError_("data_dir", f"{path} is unreadable: {exc}") from None
+        raise ConfigError("data_dir", f"{path} is unreadable: {exc}") from None
     keys: list[dict[str, Any]] = document.get("keys", [])
     return keys
 

@@ -18,19 +18,35 @@ class Stack:
         return self.app.url
 
 
-@pytest.fixture(scope="session")
-def better_auth_stack() -> Iterator[Stack]:
+def start_stack(app_env: dict[str, str], sidecar_env: dict[str, str]) -> Stack:
+    """The Node app and a sidecar in front of it; the app trusts the sidecar's
+    origin. ``{sidecar}`` in a value is replaced by the sidecar's URL."""
     sidecar_port = free_port()
     sidecar_url = f"http://127.0.0.1:{sidecar_port}"
-    app = start_better_auth(TRUSTED_ORIGINS=sidecar_url)
+    app_port = free_port()
+    app_url = f"http://127.0.0.1:{app_port}"
+
+    def fill(env: dict[str, str]) -> dict[str, str]:
+        # Plain replace, not str.format: a JWKS value is full of braces.
+        return {
+            k: v.replace("{sidecar}", sidecar_url).replace("{app}", app_url) for k, v in env.items()
+        }
+
+    app = start_better_auth(port=app_port, TRUSTED_ORIGINS=sidecar_url, **fill(app_env))
     try:
-        sidecar = start_sidecar(app.url, port=sidecar_port)
+        sidecar = start_sidecar(app.url, port=sidecar_port, **fill(sidecar_env))
     except Exception:
         app.stop()
         raise
-    yield Stack(app, sidecar)
-    sidecar.stop()
-    app.stop()
+    return Stack(app, sidecar)
+
+
+@pytest.fixture(scope="session")
+def better_auth_stack() -> Iterator[Stack]:
+    stack = start_stack({}, {})
+    yield stack
+    stack.sidecar.stop()
+    stack.app.stop()
 
 
 @pytest.fixture(scope="session")
@@ -39,32 +55,21 @@ def oauth_stack() -> Iterator[Stack]:
     it: the production shape (reuse mode)."""
     from tests.support import fixtures
 
-    jwks = fixtures.text("static-jwks.json")
-    sidecar_port = free_port()
-    sidecar_url = f"http://127.0.0.1:{sidecar_port}"
-    app_port = free_port()
-    app_url = f"http://127.0.0.1:{app_port}"
-    shared = {"JWKS": jwks, "BETTER_AUTH_SECRET": fixtures.SECRET, "CONVEX_SITE_URL": app_url}
-    app = start_better_auth(
-        port=app_port,
-        TRUSTED_ORIGINS=sidecar_url,
-        MCP_RESOURCE_METADATA=f"{sidecar_url}/.well-known/oauth-protected-resource/api/mcp",
-        **shared,
-    )
-    try:
-        sidecar = start_sidecar(
-            app.url,
-            port=sidecar_port,
-            SIDECAR_RESOURCES="/api/mcp",
-            SIDECAR_REGISTRATION_RATE_LIMIT="1000",
+    shared = {
+        "JWKS": fixtures.text("static-jwks.json"),
+        "BETTER_AUTH_SECRET": fixtures.SECRET,
+        "CONVEX_SITE_URL": "{app}",
+    }
+    stack = start_stack(
+        {
+            "MCP_RESOURCE_METADATA": "{sidecar}/.well-known/oauth-protected-resource/api/mcp",
             **shared,
-        )
-    except Exception:
-        app.stop()
-        raise
-    yield Stack(app, sidecar)
-    sidecar.stop()
-    app.stop()
+        },
+        {"SIDECAR_RESOURCES": "/api/mcp", "SIDECAR_REGISTRATION_RATE_LIMIT": "1000", **shared},
+    )
+    yield stack
+    stack.sidecar.stop()
+    stack.app.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -12,8 +12,7 @@ import httpx
 import jwt
 
 from tests.e2e.conftest import Stack
-
-PASSWORD = "correct horse battery staple"
+from tests.support.oauth import PASSWORD, Browser
 
 
 def cookie_shapes(response: httpx.Response) -> list[tuple[str, str]]:
@@ -116,26 +115,22 @@ def test_the_convex_jwt_fetched_through_the_sidecar_verifies_against_the_jwks(
     better_auth_stack: Stack,
 ) -> None:
     stack = better_auth_stack
-    email = f"jwt-{secrets.token_hex(4)}@example.com"
-    with httpx.Client(base_url=stack.sidecar.url, headers={"Origin": stack.sidecar.url}) as c:
-        c.post(
-            "/api/auth/sign-up/email", json={"email": email, "password": PASSWORD, "name": "Grace"}
-        ).raise_for_status()
-        response = c.get("/api/auth/convex/token")
-        assert response.status_code == 200
-        token = response.json()["token"]
-        jwks = c.get("/api/auth/convex/jwks").json()
-        # convex() also sets the JWT as a cookie; it arrives intact.
-        cookie = SimpleCookie()
-        for header in response.headers.get_list("set-cookie"):
-            cookie.load(header)
-        assert cookie["better-auth.convex_jwt"].value == token
+    browser = Browser(stack.sidecar.url).sign_up("Grace")
+    response = browser.get("/api/auth/convex/token")
+    assert response.status_code == 200
+    token = response.json()["token"]
+    jwks = browser.get("/api/auth/convex/jwks").json()
+    # convex() also sets the JWT as a cookie; it arrives intact.
+    cookie: SimpleCookie = SimpleCookie()
+    for header in response.headers.get_list("set-cookie"):
+        cookie.load(header)
+    assert cookie["better-auth.convex_jwt"].value == token
     header = jwt.get_unverified_header(token)
     key = next(k for k in jwks["keys"] if k["kid"] == header["kid"])
     claims = jwt.decode(
         token, jwt.PyJWK(key).key, algorithms=["RS256"], audience="convex", issuer=stack.site_url
     )
-    assert claims["email"] == email
+    assert claims["email"] == browser.email
     assert claims["exp"] - claims["iat"] == 900
 
 
@@ -143,11 +138,6 @@ def test_a_session_cookie_from_the_sidecar_works_directly_and_back(
     better_auth_stack: Stack,
 ) -> None:
     stack = better_auth_stack
-    email = f"cookie-{secrets.token_hex(4)}@example.com"
-    with httpx.Client(base_url=stack.sidecar.url, headers={"Origin": stack.sidecar.url}) as c:
-        c.post(
-            "/api/auth/sign-up/email", json={"email": email, "password": PASSWORD, "name": "Cookie"}
-        ).raise_for_status()
-        jar = c.cookies
-    direct = httpx.get(stack.app.url + "/api/auth/get-session", cookies=jar)
-    assert direct.json()["user"]["email"] == email
+    browser = Browser(stack.sidecar.url).sign_up("Cookie")
+    direct = httpx.get(stack.app.url + "/api/auth/get-session", cookies=browser.client.cookies)
+    assert direct.json()["user"]["email"] == browser.email

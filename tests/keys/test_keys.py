@@ -10,8 +10,8 @@ from pathlib import Path
 import jwt
 import pytest
 
-from sidecar.config import load_settings
-from sidecar.keys import KeyError_, load_keyset
+from sidecar.config import ConfigError, load_settings
+from sidecar.keys import load_keyset
 from sidecar.keys.keyset import keys_file, rotate_managed_keys
 from tests.support import fixtures
 
@@ -53,7 +53,7 @@ def test_the_versioned_form_picks_its_secret_by_version() -> None:
 
 
 def test_a_wrong_secret_stops_start_up_with_a_clear_message() -> None:
-    with pytest.raises(KeyError_) as error:
+    with pytest.raises(ConfigError) as error:
         load_keyset(reuse_settings(BETTER_AUTH_SECRET="not-the-secret"))
     assert error.value.key == "jwks"
     assert "does not decrypt" in error.value.message
@@ -61,7 +61,7 @@ def test_a_wrong_secret_stops_start_up_with_a_clear_message() -> None:
 
 
 def test_a_versioned_key_without_its_secret_version_is_refused() -> None:
-    with pytest.raises(KeyError_) as error:
+    with pytest.raises(ConfigError) as error:
         load_keyset(
             load_settings(
                 env={
@@ -74,13 +74,13 @@ def test_a_versioned_key_without_its_secret_version_is_refused() -> None:
 
 
 def test_jwks_without_any_secret_is_refused() -> None:
-    with pytest.raises(KeyError_) as error:
+    with pytest.raises(ConfigError) as error:
         load_keyset(load_settings(env={"JWKS": fixtures.text("static-jwks.json")}))
     assert error.value.key == "better_auth_secret"
 
 
 def test_a_public_jwks_given_as_jwks_is_explained() -> None:
-    with pytest.raises(KeyError_) as error:
+    with pytest.raises(ConfigError) as error:
         load_keyset(
             load_settings(
                 env={
@@ -153,7 +153,7 @@ def test_a_pem_key_file_is_loaded(tmp_path: Path) -> None:
 def test_a_key_file_that_is_not_a_key_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "key.pem"
     path.write_text("-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n")
-    with pytest.raises(KeyError_) as error:
+    with pytest.raises(ConfigError) as error:
         load_keyset(load_settings(env={"SIDECAR_SIGNING_KEY_FILE": str(path)}))
     assert error.value.key == "signing_key_file"
 

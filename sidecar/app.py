@@ -13,8 +13,10 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sidecar.config import ConfigError, Settings
+from sidecar.gateway import Gateway
 from sidecar.keys import load_keyset
 from sidecar.oauth.authorize import AuthorizationEndpoint
+from sidecar.oauth.cimd import MetadataDocuments
 from sidecar.oauth.clients import ClientRegistry
 from sidecar.oauth.endpoints import OAuthEndpoints, document, oauth_json
 from sidecar.oauth.grants import Grants
@@ -92,7 +94,8 @@ class SidecarApp:
                 "needed too: set CONVEX_SITE_URL or SIDECAR_SESSION_ISSUER",
             )
         self.keys = load_keyset(settings)
-        self.clients = ClientRegistry(self.store)
+        self.documents = MetadataDocuments(settings, self.store)
+        self.clients = ClientRegistry(self.store, self.documents)
         self.grants = Grants(settings, self.store, self.keys)
         self.bridge = SessionBridge(settings, self.upstream, self.keys)
         self.authz = AuthorizationEndpoint(
@@ -100,7 +103,12 @@ class SidecarApp:
         )
         self.endpoints = OAuthEndpoints(settings, self.store, self.clients, self.grants, self.keys)
         self.owned = Starlette(routes=self.oauth_routes())
-        self.proxy = ProxyApp(settings, self.upstream)
+        self.proxy = ProxyApp(
+            settings,
+            self.upstream,
+            drop_header_prefixes=[settings.identity_header_prefix.lower().encode("latin-1")],
+        )
+        self.gateway = Gateway(settings, self.grants, self.proxy)
         self.app: ASGIApp = AccessMiddleware(
             self._dispatch, self.routes.classify, log_requests=settings.access_log
         )
@@ -137,14 +145,18 @@ class SidecarApp:
         return None
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.routes.owns(scope["path"]):
+        path = scope["path"]
+        if self.routes.owns(path):
             await self.owned(scope, receive, send)
+        elif (resource := self.gateway.match(path)) is not None:
+            await self.gateway(resource, scope, receive, send)
         else:
             await self.proxy(scope, receive, send)
 
     async def startup(self) -> None:
         await self.upstream.open()
         await self.store.open()
+        await self.documents.open()
         if self.keys.generated_now:
             log.info(
                 "generated a signing key",
@@ -163,6 +175,7 @@ class SidecarApp:
 
     async def shutdown(self) -> None:
         await self.upstream.close()
+        await self.documents.close()
         await self.store.close()
         log.info("sidecar stopped")
 

@@ -27,11 +27,21 @@ class ConfigError(Exception):
         super().__init__(f"{key}: {message}")
 
 
+RESOURCE_MODES = ("enforce", "metadata-only")
+
+
 @dataclass(frozen=True)
 class Resource:
-    """A protected resource (an MCP endpoint) tokens may be issued for."""
+    """A protected resource (an MCP endpoint) tokens may be issued for.
+
+    ``enforce``: the sidecar checks the bearer token of every request to the
+    path (and below it) before passing it on. ``metadata-only``: it serves the
+    resource's metadata and passes requests through untouched; the app checks
+    tokens itself."""
 
     url: str  # canonical absolute URL, no fragment, no trailing slash unless it is the root
+    mode: str = "enforce"
+    scopes: tuple[str, ...] = ()  # required of every token (403 insufficient_scope)
 
     @property
     def path(self) -> str:
@@ -73,6 +83,12 @@ class Settings:
     scopes: tuple[str, ...] = ("openid", "profile", "email", "offline_access")
     default_scopes: tuple[str, ...] = ("openid", "profile", "email")
     registration_rate_limit: int = 30
+    # Gateway.
+    identity_header_prefix: str = "X-Sidecar-"
+    revocation_cache_seconds: float = 5.0
+    # Client ID Metadata Documents: hosts that may be fetched even when they
+    # are plain http or resolve to private or loopback addresses (tests, dev).
+    cimd_allowed_hosts: tuple[str, ...] = ()
     # Proxy.
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     preserve_host: bool = False
@@ -99,7 +115,7 @@ class Settings:
             if f.name in SECRET_KEYS and value:
                 value = "<redacted>"
             elif f.name == "resources":
-                value = [r.url for r in value]
+                value = [{"url": r.url, "mode": r.mode, "scopes": list(r.scopes)} for r in value]
             elif f.name == "trusted_proxies":
                 value = [str(n) for n in value]
             elif isinstance(value, tuple):
@@ -272,18 +288,46 @@ def _as_networks(key: str, value: Any) -> tuple[ipaddress.IPv4Network | ipaddres
 
 
 def _as_resources(key: str, value: Any, public_url: str) -> tuple[Resource, ...]:
+    """Each item: a path on the public URL or an absolute URL, optionally
+    followed by ``;mode=metadata-only`` and ``;scopes=a b`` (environment and
+    TOML strings), or a TOML table ``{url, mode, scopes}``."""
+    items = value if isinstance(value, list) else _as_list(key, value)
     resources = []
-    for item in _as_list(key, value):
-        url = public_url + item if item.startswith("/") else item
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(key, f"{item!r} must be a path or an http(s) URL")
-        if parts.fragment or "#" in url:
-            raise ConfigError(key, f"{item!r} must not have a fragment (RFC 8707 section 2)")
-        if parts.query:
-            raise ConfigError(key, f"{item!r} must not have a query")
-        path = parts.path.rstrip("/")
-        resources.append(Resource(url=f"{parts.scheme}://{parts.netloc.lower()}{path}"))
+    for item in items:
+        options: dict[str, Any] = {}
+        if isinstance(item, dict):
+            options = dict(item)
+            target = options.pop("url", None)
+            if not isinstance(target, str):
+                raise ConfigError(key, f"each table needs a url, got {item!r}")
+        elif isinstance(item, str):
+            target, *parts = [p.strip() for p in item.split(";")]
+            for part in parts:
+                name, sep, val = part.partition("=")
+                if not sep:
+                    raise ConfigError(key, f"{part!r} must look like mode=... or scopes=...")
+                options[name.strip()] = val.strip()
+        else:
+            raise ConfigError(key, f"{item!r} must be a string or a table")
+        unknown = set(options) - {"mode", "scopes"}
+        if unknown:
+            raise ConfigError(key, f"unknown option {', '.join(sorted(unknown))} for {target!r}")
+        mode = str(options.get("mode", "enforce")).lower()
+        if mode not in RESOURCE_MODES:
+            raise ConfigError(key, f"mode must be one of {', '.join(RESOURCE_MODES)}, got {mode!r}")
+        scopes = options.get("scopes", ())
+        scopes = tuple(scopes.split()) if isinstance(scopes, str) else tuple(scopes)
+        url = public_url + target if target.startswith("/") else target
+        parts_ = urlsplit(url)
+        if parts_.scheme not in ("http", "https") or not parts_.hostname:
+            raise ConfigError(key, f"{target!r} must be a path or an http(s) URL")
+        if parts_.fragment or "#" in url:
+            raise ConfigError(key, f"{target!r} must not have a fragment (RFC 8707 section 2)")
+        if parts_.query:
+            raise ConfigError(key, f"{target!r} must not have a query")
+        path = parts_.path.rstrip("/")
+        canonical = f"{parts_.scheme}://{parts_.netloc.lower()}{path}"
+        resources.append(Resource(url=canonical, mode=mode, scopes=scopes))
     return tuple(resources)
 
 
@@ -348,6 +392,16 @@ def _build(raw: Mapping[str, Any]) -> Settings:
         values["default_scopes"] = tuple(_as_list("default_scopes", raw["default_scopes"]))
     take("registration_rate_limit", lambda k, v: _as_int(k, v, 0))
     take("login_return_param", _as_str)
+    if "identity_header_prefix" in raw:
+        prefix = _as_str("identity_header_prefix", raw["identity_header_prefix"])
+        if not prefix or not all(c.isalnum() or c == "-" for c in prefix):
+            raise ConfigError("identity_header_prefix", "must be letters, digits and dashes")
+        values["identity_header_prefix"] = prefix
+    take("revocation_cache_seconds", lambda k, v: _as_float(k, v, 0.0))
+    if "cimd_allowed_hosts" in raw:
+        values["cimd_allowed_hosts"] = tuple(
+            h.lower() for h in _as_list("cimd_allowed_hosts", raw["cimd_allowed_hosts"])
+        )
     take("session_cookie_prefix", _as_str)
     take("trusted_proxies", _as_networks)
     take("preserve_host", _as_bool)

@@ -145,7 +145,8 @@ class AuthorizationEndpoint:
         if client is None:
             return error_page(
                 "Unknown application",
-                "This application is not registered here. It may need to register again.",
+                "This application is not registered here, or its client metadata document "
+                "could not be used. It may need to register again.",
                 400,
                 "invalid_client",
             )

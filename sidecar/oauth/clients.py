@@ -11,11 +11,14 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from sidecar.oauth.errors import InvalidClient, InvalidClientMetadata, InvalidRedirectUri
 from sidecar.store import Store
+
+if TYPE_CHECKING:
+    from sidecar.oauth.cimd import MetadataDocuments
 
 AUTH_METHODS = ("none", "client_secret_basic", "client_secret_post")
 GRANT_TYPES = ("authorization_code", "refresh_token")
@@ -145,7 +148,10 @@ def redirect_uri_matches(registered: list[str], requested: str) -> bool:
 
 
 def client_from_metadata(
-    metadata: Mapping[str, Any], supported_scopes: tuple[str, ...], source: str = "dcr"
+    metadata: Mapping[str, Any],
+    supported_scopes: tuple[str, ...],
+    source: str = "dcr",
+    client_id: str | None = None,
 ) -> tuple[Client, str | None]:
     """Validate RFC 7591 registration metadata; returns the client and its
     plain secret (None for public clients)."""
@@ -193,7 +199,7 @@ def client_from_metadata(
 
     secret = None if method == "none" else secrets.token_urlsafe(32)
     client = Client(
-        client_id=secrets.token_urlsafe(18),
+        client_id=client_id or secrets.token_urlsafe(18),
         redirect_uris=redirect_uris,
         token_endpoint_auth_method=method,
         grant_types=list(dict.fromkeys(grant_types)),
@@ -211,16 +217,25 @@ def client_from_metadata(
 
 class ClientRegistry:
     """Durable clients in the store (no expiry): a client that registered
-    once keeps working across restarts and replicas."""
+    once keeps working across restarts and replicas. A client_id that is a
+    URL is looked up as a Client ID Metadata Document when enabled."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, documents: MetadataDocuments | None = None) -> None:
         self.store = store
+        self.documents = documents
 
     async def get(self, client_id: str) -> Client | None:
-        if not client_id or len(client_id) > 512:
+        if not client_id or len(client_id) > 2000:
             return None
         record = await self.store.get(NS, client_id)
-        return Client(**record) if record else None
+        if record:
+            return Client(**record)
+        if self.documents is not None and "://" in client_id:
+            from sidecar.oauth.cimd import looks_like_metadata_url
+
+            if looks_like_metadata_url(client_id):
+                return await self.documents.client(client_id)
+        return None
 
     async def add(self, client: Client) -> None:
         await self.store.put(NS, client.client_id, asdict(client))

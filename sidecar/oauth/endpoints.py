@@ -288,6 +288,7 @@ class OAuthEndpoints:
                 "client_secret_post",
             ],
             "code_challenge_methods_supported": ["S256"],
+            "client_id_metadata_document_supported": True,
             "authorization_response_iss_parameter_supported": True,
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": [self.keys.signing.alg],

@@ -246,11 +246,16 @@ class Grants:
 
     async def verify_access_token(self, token: str, audience: str | None = None) -> dict[str, Any]:
         claims = self.decode_access_token(token, audience)
+        await self.check_not_revoked(claims)
+        return claims
+
+    async def check_not_revoked(self, claims: dict[str, Any]) -> None:
+        """Revoked by id, or through its grant (a replay or a refresh-token
+        revocation): either way refused on every replica sharing the store."""
         if await self.store.get(REVOKED, claims["jti"]) is not None:
             raise InvalidToken("token revoked")
         if claims.get("gid") and await self.is_grant_revoked(claims["gid"]):
             raise InvalidToken("token revoked")
-        return claims
 
     async def revoke_access_token(self, claims: dict[str, Any]) -> None:
         ttl = max(1, int(claims["exp"]) - int(time.time()) + LEEWAY)

@@ -67,7 +67,7 @@ class ProxyApp:
 
     def headers_for(self, scope: Scope) -> list[tuple[str, str]]:
         peer = scope["client"][0] if scope.get("client") else None
-        return upstream_request_headers(
+        headers = upstream_request_headers(
             scope["headers"],
             peer=peer,
             scheme=scope.get("scheme", "http"),
@@ -77,6 +77,9 @@ class ProxyApp:
             request_id=context_of(scope).request_id,
             drop_prefixes=self.drop_prefixes,
         )
+        # Identity the gateway verified; inbound look-alikes were dropped above.
+        headers.extend(scope.get("sidecar_identity", ()))
+        return headers
 
     # -- the exchange -------------------------------------------------------
 

@@ -1,0 +1,5 @@
+"""Bearer enforcement for the MCP paths the sidecar protects."""
+
+from sidecar.gateway.guard import Gateway
+
+__all__ = ["Gateway"]

@@ -1,18 +1,21 @@
-"""The real MCP Python SDK client (`mcp` on PyPI), driven headlessly, gets from
-the bare MCP URL to a working bearer token through the sidecar, in front of
-the real Better Auth + convex() server, and refreshes it."""
+"""The real MCP Python SDK client (`mcp` on PyPI), driven headlessly, goes
+from the bare MCP URL to a tool call through the sidecar's gateway, in front
+of the real Better Auth + convex() server and its TypeScript MCP endpoint;
+then it refreshes its token and calls again."""
 
 from __future__ import annotations
 
+import json
 import time
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import httpx
 import httpx2
-import jwt
 import pytest
 from mcp.client.auth import OAuthClientProvider, TokenStorage
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import (
     AuthorizationCodeResult,
     OAuthClientInformationFull,
@@ -49,14 +52,8 @@ class MemoryTokens(TokenStorage):
         self.client = client_info
 
 
-async def test_the_mcp_sdk_client_discovers_registers_authorizes_and_refreshes(
-    oauth_stack: Stack,
-) -> None:
-    base = oauth_stack.sidecar.url
-    mcp_url = f"{base}/api/mcp"
-    browser = Browser(base).sign_up("Grace Hopper")
-    seen: dict[str, str] = {}
-
+def headless_provider(mcp_url: str, browser: Browser, seen: dict[str, str],
+                      storage: MemoryTokens) -> OAuthClientProvider:
     async def redirect_handler(url: str) -> None:
         seen["authorize"] = url
 
@@ -73,12 +70,10 @@ async def test_the_mcp_sdk_client_discovers_registers_authorizes_and_refreshes(
         location = await anyio.to_thread.run_sync(follow)
         params = {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
         seen["iss"] = params["iss"]
-        return AuthorizationCodeResult(
-            code=params["code"], state=params.get("state"), iss=params.get("iss")
-        )
+        return AuthorizationCodeResult(code=params["code"], state=params.get("state"),
+                                       iss=params.get("iss"))
 
-    storage = MemoryTokens()
-    provider = OAuthClientProvider(
+    return OAuthClientProvider(
         server_url=mcp_url,
         client_metadata=OAuthClientMetadata(
             client_name="MCP SDK test client",
@@ -90,35 +85,53 @@ async def test_the_mcp_sdk_client_discovers_registers_authorizes_and_refreshes(
         redirect_handler=redirect_handler,
         callback_handler=callback_handler,
     )
-    async with httpx2.AsyncClient(auth=provider, timeout=20) as client:
-        response = await client.get(mcp_url)
-        assert response.status_code == 200, response.text
-        first = storage.tokens
-        assert first is not None
-        assert first.refresh_token
-        # The app saw the sidecar's token, for the MCP resource, for this user.
-        bearer = response.json()["authorization"].split(" ", 1)[1]
-        claims = jwt.decode(bearer, options={"verify_signature": False})
-        assert claims["aud"] == mcp_url
-        assert claims["iss"] == f"{base}/oauth" == seen["iss"]
+
+
+async def whoami(http: httpx2.AsyncClient, mcp_url: str) -> dict[str, str]:
+    async with streamable_http_client(mcp_url, http_client=http) as (read, write), \
+            ClientSession(read, write) as session:
+        await session.initialize()
+        tools = await session.list_tools()
+        assert [t.name for t in tools.tools] == ["whoami"]
+        result = await session.call_tool("whoami", {})
+        return json.loads(result.content[0].text)  # type: ignore[union-attr]
+
+
+async def test_the_mcp_sdk_client_goes_from_the_bare_url_to_a_tool_call_and_refreshes(
+    oauth_stack: Stack,
+) -> None:
+    base = oauth_stack.sidecar.url
+    mcp_url = f"{base}/api/mcp"
+    browser = Browser(base).sign_up("Grace Hopper")
+    user_id = browser.get("/api/auth/get-session").json()["user"]["id"]
+    seen: dict[str, str] = {}
+    storage = MemoryTokens()
+    provider = headless_provider(mcp_url, browser, seen, storage)
+
+    async with httpx2.AsyncClient(auth=provider, timeout=20) as http:
+        me = await whoami(http, mcp_url)
+        # The tool sees the signed-in user, as the gateway verified them.
+        assert me["userId"] == user_id
+        assert me["email"] == browser.email
         assert storage.client is not None
-        assert claims["client_id"] == storage.client.client_id
-        assert "prompt=consent" in seen["authorize"]
-        assert "resource=" in seen["authorize"]
+        assert me["clientId"] == storage.client.client_id
+        assert seen["iss"] == f"{base}/oauth"
+        assert "prompt=consent" in seen["authorize"] and "resource=" in seen["authorize"]
+        first = storage.tokens
+        assert first is not None and first.refresh_token
 
         # The app's own Convex login keeps working throughout.
         assert browser.get("/api/auth/convex/token").status_code == 200
 
         # Expire the access token on the client side: the SDK refreshes.
         provider.context.token_expiry_time = time.time() - 1
-        again = await client.get(mcp_url)
-        assert again.status_code == 200
+        again = await whoami(http, mcp_url)
+        assert again["userId"] == user_id
         assert storage.tokens is not None
         assert storage.tokens.access_token != first.access_token
         assert storage.tokens.refresh_token != first.refresh_token
 
-    userinfo = httpx.get(
-        f"{base}/oauth/userinfo", headers={"Authorization": f"Bearer {storage.tokens.access_token}"}
-    )
+    userinfo = httpx.get(f"{base}/oauth/userinfo",
+                         headers={"Authorization": f"Bearer {storage.tokens.access_token}"})
     assert userinfo.json()["email"] == browser.email
     assert browser.get("/api/auth/convex/token").status_code == 200

@@ -143,13 +143,16 @@ def sidecar_env(upstream_url: str, port: int, **extra: str) -> dict[str, str]:
 
 def start_sidecar(upstream_url: str, port: int | None = None, **extra: str) -> Process:
     port = port or free_port()
-    return start(
+    env = sidecar_env(upstream_url, port, **extra)
+    process = start(
         "sidecar",
         [sys.executable, "-m", "sidecar", "serve"],
         port=port,
-        env=sidecar_env(upstream_url, port, **extra),
+        env=env,
         ready_path="/oauth/healthz",
     )
+    process.extra["env"] = env
+    return process
 
 
 def start_upstream(app: str = "tests.support.upstream_app:app") -> Process:

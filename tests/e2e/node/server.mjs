@@ -8,6 +8,7 @@
 //   JWKS             optional static JWKS (the deployment's value)
 //   TRUSTED_ORIGINS  comma-separated extra trusted origins (the sidecar's)
 //   BETTER_AUTH_URL  the app's public base URL
+//   PUBLIC_URL       the origin clients see (the sidecar's), for MCP challenges
 import http from "node:http";
 
 const port = Number(process.env.PORT ?? 3000);
@@ -41,6 +42,56 @@ const auth = betterAuth({
 (await auth.$context).adapter.options.isRunMutationCtx = true;
 
 const authHandler = toNodeHandler(auth);
+const auth_ = auth;
+
+// The app's MCP endpoint, as a Next.js route would have it: the TypeScript MCP
+// SDK, stateless streamable HTTP. Behind the sidecar in enforce mode the
+// request arrives with a verified token and the user's identity in headers;
+// without a bearer token (metadata-only mode) it answers the MCP challenge.
+const { McpServer } = await import("@modelcontextprotocol/sdk/server/mcp.js");
+const { StreamableHTTPServerTransport } = await import(
+  "@modelcontextprotocol/sdk/server/streamableHttp.js"
+);
+
+async function handleMcp(req, res) {
+  const auth = req.headers.authorization ?? "";
+  if (!auth.toLowerCase().startsWith("bearer ")) {
+    res.writeHead(401, {
+      "content-type": "application/json",
+      "www-authenticate": `Bearer resource_metadata="${process.env.PUBLIC_URL ?? ""}/.well-known/oauth-protected-resource${new URL(req.url, "http://x").pathname}"`,
+    });
+    return res.end(JSON.stringify({ error: "unauthorized" }));
+  }
+  if (req.method === "GET" && req.url.startsWith("/api/mcp/echo")) {
+    res.writeHead(200, { "content-type": "application/json" });
+    return res.end(JSON.stringify({ authorization: auth, headers: req.headers }));
+  }
+  const identity = {
+    userId: req.headers["x-sidecar-user-id"] ?? null,
+    clientId: req.headers["x-sidecar-client-id"] ?? null,
+    scopes: req.headers["x-sidecar-scopes"] ?? null,
+  };
+  const server = new McpServer({ name: "demo-app", version: "1.0.0" });
+  server.registerTool(
+    "whoami",
+    { description: "Who is calling this MCP server, as the sidecar verified it" },
+    async () => {
+      // The app can also look the user up in its own Better Auth database.
+      const user = identity.userId
+        ? (await (await auth_.$context).internalAdapter.findUserById(identity.userId))
+        : null;
+      const result = { ...identity, email: user?.email ?? null, name: user?.name ?? null };
+      return { content: [{ type: "text", text: JSON.stringify(result) }] };
+    },
+  );
+  const transport = new StreamableHTTPServerTransport({ sessionIdGenerator: undefined });
+  res.on("close", () => {
+    transport.close();
+    server.close();
+  });
+  await server.connect(transport);
+  await transport.handleRequest(req, res);
+}
 
 const loginPage = `<!doctype html><html><body><h1>Sign in</h1>
 <form id="f"><input name="email"><input name="password" type="password"><button>Sign in</button></form>
@@ -54,19 +105,12 @@ const server = http.createServer((req, res) => {
     res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
     return res.end(loginPage);
   }
-  if (req.url.startsWith("/api/mcp")) {
-    // A stand-in MCP endpoint that checks bearer tokens itself: without one
-    // it answers the MCP authorization challenge (RFC 9728).
-    const auth = req.headers.authorization ?? "";
-    if (!auth.toLowerCase().startsWith("bearer ")) {
-      res.writeHead(401, {
-        "content-type": "application/json",
-        "www-authenticate": `Bearer resource_metadata="${process.env.MCP_RESOURCE_METADATA ?? ""}"`,
-      });
-      return res.end(JSON.stringify({ error: "unauthorized" }));
-    }
+  if (req.url.startsWith("/echo-headers")) {
     res.writeHead(200, { "content-type": "application/json" });
-    return res.end(JSON.stringify({ authorization: auth }));
+    return res.end(JSON.stringify(req.headers));
+  }
+  if (req.url.startsWith("/api/mcp")) {
+    return handleMcp(req, res);
   }
   if (req.url === "/healthz") {
     res.writeHead(200, { "content-type": "text/plain" });

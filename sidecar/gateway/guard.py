@@ -36,8 +36,11 @@ class Gateway:
         self.prefix = settings.identity_header_prefix.lower().encode("latin-1")
         # Only resources served on our public origin can be guarded here.
         self.resources = sorted(
-            (r for r in settings.resources if r.url.startswith(settings.public_url + "/")
-             or r.url == settings.public_url),
+            (
+                r
+                for r in settings.resources
+                if r.url.startswith(settings.public_url + "/") or r.url == settings.public_url
+            ),
             key=lambda r: len(r.path),
             reverse=True,
         )
@@ -52,13 +55,15 @@ class Gateway:
         return None
 
     def prm_url(self, resource: Resource) -> str:
-        return (f"{self.settings.public_url}/.well-known/oauth-protected-resource"
-                f"{resource.path.rstrip('/')}")
+        return (
+            f"{self.settings.public_url}/.well-known/oauth-protected-resource"
+            f"{resource.path.rstrip('/')}"
+        )
 
-    async def __call__(self, resource: Resource, scope: Scope, receive: Receive,
-                       send: Send) -> None:
-        if (resource.mode != "enforce" or scope["type"] != "http"
-                or scope["method"] == "OPTIONS"):
+    async def __call__(
+        self, resource: Resource, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        if resource.mode != "enforce" or scope["type"] != "http" or scope["method"] == "OPTIONS":
             await self.proxy(scope, receive, send)
             return
         scope["sidecar"].route = "gateway"
@@ -72,14 +77,18 @@ class Gateway:
             await self._challenge(send, resource, 401, "invalid_token", exc.description)
             return
         except StoreUnavailable:
-            await _json(send, 503, {"error": "temporarily_unavailable",
-                                    "error_description": "try again shortly"},
-                        [(b"retry-after", b"5")])
+            await _json(
+                send,
+                503,
+                {"error": "temporarily_unavailable", "error_description": "try again shortly"},
+                [(b"retry-after", b"5")],
+            )
             return
         granted = set(claims.get("scope", "").split())
         if not set(resource.scopes) <= granted:
-            await self._challenge(send, resource, 403, "insufficient_scope",
-                                  "the token lacks a required scope")
+            await self._challenge(
+                send, resource, 403, "insufficient_scope", "the token lacks a required scope"
+            )
             return
         p = self.settings.identity_header_prefix
         scope["sidecar_identity"] = [
@@ -103,8 +112,9 @@ class Gateway:
                     self._verified.popitem(last=False)
         return claims
 
-    async def _challenge(self, send: Send, resource: Resource, status: int,
-                         error: str | None, description: str) -> None:
+    async def _challenge(
+        self, send: Send, resource: Resource, status: int, error: str | None, description: str
+    ) -> None:
         """RFC 6750 section 3 and RFC 9728 section 5.1: tell the client where
         the resource's metadata is, and which scopes it needs."""
         parts = [f'resource_metadata="{self.prm_url(resource)}"']
@@ -128,10 +138,20 @@ def _bearer(headers: list[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
-async def _json(send: Send, status: int, body: dict[str, Any],
-                extra: list[tuple[bytes, bytes]]) -> None:
+async def _json(
+    send: Send, status: int, body: dict[str, Any], extra: list[tuple[bytes, bytes]]
+) -> None:
     data = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
-        (b"cache-control", b"no-store"), *extra]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+                (b"cache-control", b"no-store"),
+                *extra,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": data})

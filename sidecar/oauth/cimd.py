@@ -76,7 +76,9 @@ class GuardedResolver(AbstractResolver):
 
 def looks_like_metadata_url(client_id: str) -> bool:
     parts = urlsplit(client_id)
-    return parts.scheme in ("https", "http") and bool(parts.hostname) and parts.path not in ("", "/")
+    return (
+        parts.scheme in ("https", "http") and bool(parts.hostname) and parts.path not in ("", "/")
+    )
 
 
 def cache_ttl(cache_control: str | None) -> int:
@@ -187,6 +189,7 @@ class MetadataDocuments:
             raise MetadataDocumentError("only public clients (none) are supported by documents")
         metadata = {k: v for k, v in document.items() if k != "client_id"}
         metadata.setdefault("grant_types", ["authorization_code", "refresh_token"])
-        client, _ = client_from_metadata(metadata, self.settings.scopes, source="cimd",
-                                         client_id=url)
+        client, _ = client_from_metadata(
+            metadata, self.settings.scopes, source="cimd", client_id=url
+        )
         return client

@@ -61,11 +61,17 @@ def oauth_stack() -> Iterator[Stack]:
         "CONVEX_SITE_URL": "{app}",
     }
     stack = start_stack(
+        {"PUBLIC_URL": "{sidecar}", **shared},
         {
-            "MCP_RESOURCE_METADATA": "{sidecar}/.well-known/oauth-protected-resource/api/mcp",
+            "SIDECAR_RESOURCES": (
+                "/api/mcp,/api/mcp-self;mode=metadata-only,/api/mcp-admin;scopes=mcp:admin"
+            ),
+            "SIDECAR_SCOPES": "openid,profile,email,offline_access,mcp:admin",
+            "SIDECAR_REGISTRATION_RATE_LIMIT": "1000",
+            "SIDECAR_CIMD_ALLOWED_HOSTS": "localhost",
+            "SIDECAR_REVOCATION_CACHE_SECONDS": "0.5",
             **shared,
         },
-        {"SIDECAR_RESOURCES": "/api/mcp", "SIDECAR_REGISTRATION_RATE_LIMIT": "1000", **shared},
     )
     yield stack
     stack.sidecar.stop()

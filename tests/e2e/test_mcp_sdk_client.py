@@ -52,8 +52,9 @@ class MemoryTokens(TokenStorage):
         self.client = client_info
 
 
-def headless_provider(mcp_url: str, browser: Browser, seen: dict[str, str],
-                      storage: MemoryTokens) -> OAuthClientProvider:
+def headless_provider(
+    mcp_url: str, browser: Browser, seen: dict[str, str], storage: MemoryTokens
+) -> OAuthClientProvider:
     async def redirect_handler(url: str) -> None:
         seen["authorize"] = url
 
@@ -70,8 +71,9 @@ def headless_provider(mcp_url: str, browser: Browser, seen: dict[str, str],
         location = await anyio.to_thread.run_sync(follow)
         params = {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
         seen["iss"] = params["iss"]
-        return AuthorizationCodeResult(code=params["code"], state=params.get("state"),
-                                       iss=params.get("iss"))
+        return AuthorizationCodeResult(
+            code=params["code"], state=params.get("state"), iss=params.get("iss")
+        )
 
     return OAuthClientProvider(
         server_url=mcp_url,
@@ -88,8 +90,10 @@ def headless_provider(mcp_url: str, browser: Browser, seen: dict[str, str],
 
 
 async def whoami(http: httpx2.AsyncClient, mcp_url: str) -> dict[str, str]:
-    async with streamable_http_client(mcp_url, http_client=http) as (read, write), \
-            ClientSession(read, write) as session:
+    async with (
+        streamable_http_client(mcp_url, http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
         await session.initialize()
         tools = await session.list_tools()
         assert [t.name for t in tools.tools] == ["whoami"]
@@ -131,7 +135,8 @@ async def test_the_mcp_sdk_client_goes_from_the_bare_url_to_a_tool_call_and_refr
         assert storage.tokens.access_token != first.access_token
         assert storage.tokens.refresh_token != first.refresh_token
 
-    userinfo = httpx.get(f"{base}/oauth/userinfo",
-                         headers={"Authorization": f"Bearer {storage.tokens.access_token}"})
+    userinfo = httpx.get(
+        f"{base}/oauth/userinfo", headers={"Authorization": f"Bearer {storage.tokens.access_token}"}
+    )
     assert userinfo.json()["email"] == browser.email
     assert browser.get("/api/auth/convex/token").status_code == 200

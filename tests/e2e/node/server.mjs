@@ -54,6 +54,13 @@ const { StreamableHTTPServerTransport } = await import(
 );
 
 async function handleMcp(req, res) {
+  if (req.method === "OPTIONS") {
+    res.writeHead(204, {
+      "access-control-allow-origin": "*",
+      "access-control-allow-headers": "authorization, content-type, mcp-protocol-version",
+    });
+    return res.end();
+  }
   const auth = req.headers.authorization ?? "";
   if (!auth.toLowerCase().startsWith("bearer ")) {
     res.writeHead(401, {
@@ -62,7 +69,7 @@ async function handleMcp(req, res) {
     });
     return res.end(JSON.stringify({ error: "unauthorized" }));
   }
-  if (req.method === "GET" && req.url.startsWith("/api/mcp/echo")) {
+  if (req.method === "GET" && new URL(req.url, "http://x").pathname.endsWith("/echo")) {
     res.writeHead(200, { "content-type": "application/json" });
     return res.end(JSON.stringify({ authorization: auth, headers: req.headers }));
   }

@@ -120,9 +120,11 @@ async def test_the_mcp_sdk_client_goes_from_the_bare_url_to_a_tool_call_and_refr
         assert storage.client is not None
         assert me["clientId"] == storage.client.client_id
         assert seen["iss"] == f"{base}/oauth"
-        assert "prompt=consent" in seen["authorize"] and "resource=" in seen["authorize"]
+        assert "prompt=consent" in seen["authorize"]
+        assert "resource=" in seen["authorize"]
         first = storage.tokens
-        assert first is not None and first.refresh_token
+        assert first is not None
+        assert first.refresh_token
 
         # The app's own Convex login keeps working throughout.
         assert browser.get("/api/auth/convex/token").status_code == 200

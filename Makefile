@@ -38,12 +38,15 @@ test: install node
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check sidecar tests bench
-	$(BIN)/ruff format --check sidecar tests bench
+	$(BIN)/ruff check sidecar tests bench demo
+	$(BIN)/ruff format --check sidecar tests bench demo
 	$(BIN)/mypy
 
 bench: install node
 	$(BIN)/python bench/run.py $(ARGS)
+
+demo: install node
+	$(BIN)/python demo/run.py
 
 clean:
 	rm -rf $(VENV) $(NODE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache

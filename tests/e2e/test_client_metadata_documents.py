@@ -72,7 +72,9 @@ class DocumentServer:
         return 200, cache, json.dumps(doc).encode()
 
     def __enter__(self) -> DocumentServer:
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
         return self
 
     def __exit__(self, *exc: object) -> None:

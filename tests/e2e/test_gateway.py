@@ -165,11 +165,22 @@ def test_preflights_pass_without_a_token(oauth_stack: Stack) -> None:
     assert "www-authenticate" not in r.headers
 
 
-def test_metadata_only_resources_pass_untouched(oauth_stack: Stack) -> None:
+def test_metadata_only_resources_pass_untouched_and_the_app_verifies_with_the_jwks(
+    oauth_stack: Stack, browser: Browser, client: OAuthClient
+) -> None:
     r = echo(oauth_stack, None, "/api/mcp-self")
     # The app's own challenge, not the sidecar's: it checks tokens itself.
     assert r.status_code == 401
     assert r.json() == {"error": "unauthorized"}
-    r = echo(oauth_stack, "anything-at-all", "/api/mcp-self/echo")
-    assert r.status_code == 200
-    assert r.json()["authorization"] == "Bearer anything-at-all"
+    forged = echo(oauth_stack, "anything-at-all", "/api/mcp-self")
+    assert forged.status_code == 401
+    assert forged.json()["error"] == "invalid_token"
+    # A real token for this resource passes the app's own check (jose and the
+    # sidecar's JWKS, as the README shows); one for another resource fails it.
+    token = token_for(client, browser, f"{oauth_stack.sidecar.url}/api/mcp-self")
+    ok = echo(oauth_stack, token, "/api/mcp-self")
+    assert ok.status_code == 200
+    assert ok.json()["verifiedBy"] == "app"
+    assert ok.json()["claims"]["client_id"] == client.client_id
+    other = token_for(client, browser, f"{oauth_stack.sidecar.url}/api/mcp")
+    assert echo(oauth_stack, other, "/api/mcp-self").status_code == 401

@@ -53,6 +53,22 @@ const { StreamableHTTPServerTransport } = await import(
   "@modelcontextprotocol/sdk/server/streamableHttp.js"
 );
 
+// How an app verifies the sidecar's tokens itself (metadata-only mode): the
+// README shows this same snippet.
+const { createRemoteJWKSet, jwtVerify } = await import("jose");
+const sidecarJwks = process.env.PUBLIC_URL
+  ? createRemoteJWKSet(new URL(`${process.env.PUBLIC_URL}/oauth/jwks`))
+  : null;
+
+async function verifySidecarToken(token, resource) {
+  const { payload } = await jwtVerify(token, sidecarJwks, {
+    issuer: `${process.env.PUBLIC_URL}/oauth`,
+    audience: resource,
+    typ: "at+jwt",
+  });
+  return payload;
+}
+
 async function handleMcp(req, res) {
   if (req.method === "OPTIONS") {
     res.writeHead(204, {
@@ -69,7 +85,25 @@ async function handleMcp(req, res) {
     });
     return res.end(JSON.stringify({ error: "unauthorized" }));
   }
-  if (req.method === "GET" && new URL(req.url, "http://x").pathname.endsWith("/echo")) {
+  const pathname = new URL(req.url, "http://x").pathname;
+  if (pathname.startsWith("/api/mcp-self")) {
+    // This resource is metadata-only at the sidecar: the app checks tokens.
+    try {
+      const claims = await verifySidecarToken(
+        auth.slice(7).trim(),
+        `${process.env.PUBLIC_URL}/api/mcp-self`,
+      );
+      res.writeHead(200, { "content-type": "application/json" });
+      return res.end(JSON.stringify({ verifiedBy: "app", claims }));
+    } catch (error) {
+      res.writeHead(401, {
+        "content-type": "application/json",
+        "www-authenticate": `Bearer error="invalid_token", resource_metadata="${process.env.PUBLIC_URL}/.well-known/oauth-protected-resource/api/mcp-self"`,
+      });
+      return res.end(JSON.stringify({ error: "invalid_token", detail: String(error.code ?? error) }));
+    }
+  }
+  if (req.method === "GET" && pathname.endsWith("/echo")) {
     res.writeHead(200, { "content-type": "application/json" });
     return res.end(JSON.stringify({ authorization: auth, headers: req.headers }));
   }

@@ -89,14 +89,11 @@ class Grants:
             for k in ("client_id", "sub", "email", "name", "scope", "resource", "auth_time")
         }
         record["revoked"] = False
-        stored = await self.store.put_if_absent(
-            GRANTS, grant_id, record, ttl=self.settings.refresh_token_ttl
-        )
-        if not stored:
-            # A replay got here first and revoked this grant.
-            existing = await self.store.get(GRANTS, grant_id)
-            if existing and existing.get("revoked"):
-                raise InvalidGrant("authorization code already used; its tokens are revoked")
+        # put_if_absent, never a plain put: when a replay of the code raced
+        # ahead and revoked the grant, the revocation must stay. The one
+        # redemption that won still gets its answer, but every token in it
+        # carries the grant id and is refused from the start.
+        await self.store.put_if_absent(GRANTS, grant_id, record, ttl=self.settings.refresh_token_ttl)
 
     async def grant(self, grant_id: str) -> dict[str, Any] | None:
         return await self.store.get(GRANTS, grant_id)

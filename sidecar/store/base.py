@@ -64,6 +64,10 @@ def open_store(url: str) -> Store:
         from sidecar.store.sqlite import SQLiteStore
 
         return SQLiteStore(url)
+    if scheme in ("redis", "rediss", "redis+sentinel", "redis+cluster"):
+        from sidecar.store.redis import RedisStore
+
+        return RedisStore(url)
     raise ValueError(
         f"{scheme}:// is not supported by this version yet; use sqlite:/// or memory://"
     )

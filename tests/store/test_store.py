@@ -3,19 +3,35 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from sidecar.store import Store, open_store
+from sidecar.store import Store, StoreUnavailable, open_store
+from tests.support.processes import Process, free_port, start_redis
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[Process]:
+    process = start_redis()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/s.db"
+    if request.param == "redis":
+        server = request.getfixturevalue("redis_server")
+        url = f"redis://127.0.0.1:{server.port}/0"
+    elif request.param == "memory":
+        url = "memory://"
+    else:
+        url = f"sqlite:///{tmp_path}/s.db"
     s = open_store(url)
     await s.open()
+    if request.param == "redis":
+        await s.r.flushdb()  # type: ignore[attr-defined]
     yield s
     await s.close()
 
@@ -86,4 +102,27 @@ async def test_sqlite_purges_expired_records(tmp_path: Path) -> None:
     await s.put("ns", "kept", {})
     await asyncio.sleep(0.05)
     assert await s.purge_expired() == 1
+    await s.close()
+
+
+async def test_redis_keys_carry_the_prefix_and_expire_in_redis(redis_server: Process) -> None:
+    s = open_store(f"redis://127.0.0.1:{redis_server.port}/1")
+    await s.open()
+    await s.put("codes", "abc", {"v": 1}, ttl=30)
+    raw = s.r  # type: ignore[attr-defined]
+    assert await raw.exists("sidecar:codes:{abc}")
+    assert 0 < await raw.pttl("sidecar:codes:{abc}") <= 30_000
+    await s.put("clients", "c1", {"v": 1})
+    assert await raw.pttl("sidecar:clients:{c1}") == -1  # durable
+    assert await s.scan("clients") == [("c1", {"v": 1})]
+    await s.close()
+
+
+async def test_an_unreachable_redis_raises_store_unavailable() -> None:
+    s = open_store(f"redis://127.0.0.1:{free_port()}/0")
+    await s.open()
+    with pytest.raises(StoreUnavailable):
+        await s.get("ns", "k")
+    with pytest.raises(StoreUnavailable):
+        await s.ping()
     await s.close()

@@ -208,3 +208,32 @@ def running(process: Process) -> Iterator[Process]:
         yield process
     finally:
         process.stop()
+
+
+def redis_available() -> bool:
+    return shutil.which("redis-server") is not None
+
+
+def start_redis(port: int | None = None, *extra: str, data_dir: str | None = None) -> Process:
+    """A private redis-server on a free loopback port (never the shared one)."""
+    require(redis_available(), "redis-server is not installed (apt-get install redis-server)")
+    port = port or free_port()
+    data_dir = data_dir or tempfile.mkdtemp(prefix="sidecar-redis-")
+    log_dir = Path(tempfile.mkdtemp(prefix="sidecar-test-redis-"))
+    log_path = log_dir / "output.log"
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", data_dir, "--protected-mode", "no", *extra]
+    with log_path.open("wb") as log_file:
+        popen = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT)  # noqa: S603
+    process = Process("redis", popen, port, log_path, {"data_dir": data_dir, "argv": argv})
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return process
+        except OSError:
+            time.sleep(0.05)
+    process.stop(signal.SIGKILL)
+    raise RuntimeError(f"redis-server did not start:\n{process.log_text()}")

@@ -101,9 +101,8 @@ async def run_client(mcp_url: str, browser: Browser) -> None:
         narrate(response)
 
     async with (
-        httpx2.AsyncClient(
-        auth=provider, timeout=20, event_hooks={"response": [hook]}
-    ) as http, streamable_http_client(mcp_url, http_client=http) as (read, write),
+        httpx2.AsyncClient(auth=provider, timeout=20, event_hooks={"response": [hook]}) as http,
+        streamable_http_client(mcp_url, http_client=http) as (read, write),
         ClientSession(read, write) as session,
     ):
         info = await session.initialize()

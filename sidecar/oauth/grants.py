@@ -93,7 +93,9 @@ class Grants:
         # ahead and revoked the grant, the revocation must stay. The one
         # redemption that won still gets its answer, but every token in it
         # carries the grant id and is refused from the start.
-        await self.store.put_if_absent(GRANTS, grant_id, record, ttl=self.settings.refresh_token_ttl)
+        await self.store.put_if_absent(
+            GRANTS, grant_id, record, ttl=self.settings.refresh_token_ttl
+        )
 
     async def grant(self, grant_id: str) -> dict[str, Any] | None:
         return await self.store.get(GRANTS, grant_id)

@@ -81,8 +81,13 @@ def connect(url: str) -> Any:
         if not path:
             raise ValueError("redis+sentinel:// needs the service name as its path")
         db = int(path[1]) if len(path) > 1 else 0
-        sentinel = Sentinel(nodes, sentinel_kwargs={"password": password, **options},
-                            password=password, db=db, **options)
+        sentinel = Sentinel(
+            nodes,
+            sentinel_kwargs={"password": password, **options},
+            password=password,
+            db=db,
+            **options,
+        )
         return sentinel.master_for(path[0])
     raise ValueError(f"{scheme}:// is not a Redis URL")
 
@@ -168,7 +173,7 @@ class RedisStore:
                 name = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
                 value = self._load(await self.r.get(name))
                 if value is not None and name.startswith(prefix):
-                    found.append((name[len(prefix):-1], value))
+                    found.append((name[len(prefix) : -1], value))
             return sorted(found)
 
         return await self._call(collect)

@@ -221,10 +221,24 @@ def start_redis(port: int | None = None, *extra: str, data_dir: str | None = Non
     data_dir = data_dir or tempfile.mkdtemp(prefix="sidecar-redis-")
     log_dir = Path(tempfile.mkdtemp(prefix="sidecar-test-redis-"))
     log_path = log_dir / "output.log"
-    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", data_dir, "--protected-mode", "no", *extra]
+    argv = [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        data_dir,
+        "--protected-mode",
+        "no",
+        *extra,
+    ]
     with log_path.open("wb") as log_file:
-        popen = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT)  # noqa: S603
+        popen = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT)
     process = Process("redis", popen, port, log_path, {"data_dir": data_dir, "argv": argv})
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

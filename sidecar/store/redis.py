@@ -40,6 +40,8 @@ from sidecar.store.base import Record, StoreUnavailable
 T = TypeVar("T")
 PREFIX = "sidecar"
 SOCKET_TIMEOUT = 2.0
+MAX_CONNECTIONS = 64
+POOL_WAIT = 5.0
 
 INCR_WITH_EXPIRY = """
 local n = redis.call('INCR', KEYS[1])
@@ -65,14 +67,24 @@ def connect(url: str) -> Any:
     }
     scheme = url.split("://", 1)[0].lower()
     if scheme in ("redis", "rediss"):
-        return aioredis.Redis.from_url(url, health_check_interval=30, **options)
+        # A bounded pool that waits for a free connection: a burst of requests
+        # must not open hundreds of (TLS) connections at once.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            health_check_interval=30,
+            max_connections=MAX_CONNECTIONS,
+            timeout=POOL_WAIT,
+            **options,
+        )
+        return aioredis.Redis.from_pool(pool)  # closing the client closes the pool
     parts = urlsplit(url)
     password = unquote(parts.password) if parts.password else None
     hosts = parts.netloc.rsplit("@", 1)[-1]
-    nodes = []
+    default_port = 26379 if scheme == "redis+sentinel" else 6379
+    nodes: list[tuple[str, int]] = []
     for item in hosts.split(","):
-        host, _, port = item.rpartition(":")
-        nodes.append((host.strip("[]") or "127.0.0.1", int(port or 26379)))
+        name, _, number = item.rpartition(":")
+        nodes.append((name.strip("[]") or "127.0.0.1", int(number or default_port)))
     if scheme == "redis+cluster":
         host, port = nodes[0]
         return RedisCluster(host=host, port=port, password=password, **options)
@@ -81,14 +93,16 @@ def connect(url: str) -> Any:
         if not path:
             raise ValueError("redis+sentinel:// needs the service name as its path")
         db = int(path[1]) if len(path) > 1 else 0
-        sentinel = Sentinel(
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
             nodes,
             sentinel_kwargs={"password": password, **options},
             password=password,
             db=db,
             **options,
         )
-        return sentinel.master_for(path[0])
+        client = sentinel.master_for(path[0])
+        client.sidecar_sentinels = sentinel.sentinels  # closed with the client
+        return client
     raise ValueError(f"{scheme}:// is not a Redis URL")
 
 
@@ -117,6 +131,8 @@ class RedisStore:
 
     async def close(self) -> None:
         if self._client is not None:
+            for sentinel in getattr(self._client, "sidecar_sentinels", ()):
+                await sentinel.aclose()
             await self._client.aclose()
             self._client = None
 

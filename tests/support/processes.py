@@ -251,3 +251,187 @@ def start_redis(port: int | None = None, *extra: str, data_dir: str | None = Non
             time.sleep(0.05)
     process.stop(signal.SIGKILL)
     raise RuntimeError(f"redis-server did not start:\n{process.log_text()}")
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(20000, 45000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair for a Redis cluster node")
+
+
+def start_redis_cluster(nodes: int = 3) -> list[Process]:
+    """A real Redis Cluster of ``nodes`` primaries on free loopback ports."""
+    servers = []
+    try:
+        for _ in range(nodes):
+            data_dir = tempfile.mkdtemp(prefix="sidecar-redis-cluster-")
+            servers.append(
+                start_redis(
+                    free_cluster_port(),
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    f"{data_dir}/nodes.conf",
+                    data_dir=data_dir,
+                )
+            )
+        addresses = [f"127.0.0.1:{s.port}" for s in servers]
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *addresses,
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            info = subprocess.run(
+                ["redis-cli", "-p", str(servers[0].port), "cluster", "info"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout
+            if "cluster_state:ok" in info:
+                return servers
+            time.sleep(0.1)
+        raise RuntimeError("the Redis cluster did not reach cluster_state:ok")
+    except Exception:
+        for s in servers:
+            s.stop()
+        raise
+
+
+def start_redis_sentinel(master: Process, service: str = "sidecar") -> Process:
+    """One Sentinel watching ``master`` under ``service``."""
+    port = free_port()
+    conf_dir = Path(tempfile.mkdtemp(prefix="sidecar-sentinel-"))
+    conf = conf_dir / "sentinel.conf"
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {conf_dir}\n"
+        f"sentinel monitor {service} 127.0.0.1 {master.port} 1\n"
+        f"sentinel down-after-milliseconds {service} 1000\n"
+    )
+    log_path = conf_dir / "output.log"
+    with log_path.open("wb") as log_file:
+        popen = subprocess.Popen(
+            ["redis-server", str(conf), "--sentinel"], stdout=log_file, stderr=subprocess.STDOUT
+        )
+    process = Process("sentinel", popen, port, log_path)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            out = subprocess.run(
+                ["redis-cli", "-p", str(port), "sentinel", "get-master-addr-by-name", service],
+                capture_output=True,
+                text=True,
+                timeout=2,
+            ).stdout
+            if str(master.port) in out:
+                return process
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        time.sleep(0.1)
+    process.stop(signal.SIGKILL)
+    raise RuntimeError(f"sentinel did not start:\n{process.log_text()}")
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made here (no openssl CLI)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    import ipaddress
+
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def start_redis_tls() -> Process:
+    """redis-server speaking only TLS; ``extra["ca"]`` is the CA file for clients."""
+    require(redis_available(), "redis-server is not installed (apt-get install redis-server)")
+    directory = Path(tempfile.mkdtemp(prefix="sidecar-redis-tls-"))
+    cert, key = self_signed_certificate(directory)
+    port = free_port()
+    log_path = directory / "output.log"
+    argv = [
+        "redis-server",
+        "--port",
+        "0",
+        "--tls-port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--tls-cert-file",
+        str(cert),
+        "--tls-key-file",
+        str(key),
+        "--tls-ca-cert-file",
+        str(cert),
+        "--tls-auth-clients",
+        "no",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(directory),
+    ]
+    with log_path.open("wb") as log_file:
+        popen = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT)
+    process = Process("redis-tls", popen, port, log_path, {"ca": str(cert)})
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if b"Ready to accept connections" in log_path.read_bytes():
+            return process
+        if popen.poll() is not None:
+            break
+        time.sleep(0.05)
+    process.stop(signal.SIGKILL)
+    raise RuntimeError(f"redis-server with TLS did not start:\n{process.log_text()}")

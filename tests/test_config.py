@@ -159,8 +159,9 @@ def test_check_config_prints_the_effective_configuration_with_secrets_redacted()
     assert "super-secret-value" not in result.stdout
 
 
-def test_a_store_url_without_a_backend_stops_start_up_with_one_line() -> None:
-    result = run_cli("serve", env={"SIDECAR_STORE_URL": "redis://127.0.0.1:6379/0"})
+def test_a_store_url_the_backend_cannot_use_stops_start_up_with_one_line() -> None:
+    # Sentinel needs the service name as its path.
+    result = run_cli("serve", env={"SIDECAR_STORE_URL": "redis+sentinel://127.0.0.1:26379"})
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1

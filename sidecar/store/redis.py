@@ -109,7 +109,8 @@ def connect(url: str) -> Any:
 class RedisStore:
     def __init__(self, url: str, client: Any | None = None) -> None:
         self.url = url
-        self._client = client
+        # Built now (no I/O yet) so a malformed URL stops start-up at once.
+        self._client = client if client is not None else connect(url)
 
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
         try:

@@ -25,6 +25,7 @@ URL forms:
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -41,6 +42,7 @@ T = TypeVar("T")
 PREFIX = "sidecar"
 SOCKET_TIMEOUT = 2.0
 MAX_CONNECTIONS = 64
+IN_FLIGHT = 32
 POOL_WAIT = 5.0
 
 INCR_WITH_EXPIRY = """
@@ -111,10 +113,15 @@ class RedisStore:
         self.url = url
         # Built now (no I/O yet) so a malformed URL stops start-up at once.
         self._client = client if client is not None else connect(url)
+        self._in_flight = asyncio.Semaphore(IN_FLIGHT)
 
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
         try:
-            return await fn()
+            # At most IN_FLIGHT commands at once per process: a burst of
+            # requests queues here instead of opening (TLS) connections by the
+            # hundred, which on a busy host time out.
+            async with self._in_flight:
+                return await fn()
         except (RedisError, OSError, TimeoutError) as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
 

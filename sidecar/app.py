@@ -7,6 +7,9 @@ lifespan opens and closes the shared upstream client.
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import structlog
 from starlette.applications import Starlette
 from starlette.routing import Route
@@ -22,10 +25,12 @@ from sidecar.oauth.endpoints import OAuthEndpoints, document, oauth_json
 from sidecar.oauth.grants import Grants
 from sidecar.observability.access import AccessMiddleware
 from sidecar.observability.health import health_routes
+from sidecar.observability.metrics import SIGNING_KEY_AGE, SIGNING_KEYS, serve_metrics
 from sidecar.proxy.http import ProxyApp
 from sidecar.proxy.upstream import UpstreamClient
 from sidecar.session import SessionBridge
-from sidecar.store import open_store
+from sidecar.store import Store, open_store
+from sidecar.store.base import InstrumentedStore
 
 log = structlog.get_logger("sidecar")
 
@@ -84,7 +89,7 @@ class SidecarApp:
             response_timeout=settings.upstream_response_timeout,
         )
         try:
-            self.store = open_store(settings.store_url)
+            self.store: Store = InstrumentedStore(open_store(settings.store_url))
         except ValueError as exc:
             raise ConfigError("store_url", str(exc)) from None
         if settings.jwks and not settings.session_issuer:
@@ -109,6 +114,7 @@ class SidecarApp:
             drop_header_prefixes=[settings.identity_header_prefix.lower().encode("latin-1")],
         )
         self.gateway = Gateway(settings, self.grants, self.proxy)
+        self.metrics_server: Any = None
         self.app: ASGIApp = AccessMiddleware(
             self._dispatch, self.routes.classify, log_requests=settings.access_log
         )
@@ -154,6 +160,15 @@ class SidecarApp:
             await self.proxy(scope, receive, send)
 
     async def startup(self) -> None:
+        if self.settings.metrics_port:
+            self.metrics_server = serve_metrics(
+                self.settings.metrics_host, self.settings.metrics_port
+            )
+        SIGNING_KEYS.set(len(self.keys.published))
+        if self.keys.signing_created_at:
+            SIGNING_KEY_AGE.labels(kid=self.keys.signing.kid).set_function(
+                lambda: time.time() - (self.keys.signing_created_at or time.time())
+            )
         await self.upstream.open()
         await self.store.open()
         await self.documents.open()
@@ -174,6 +189,9 @@ class SidecarApp:
         )
 
     async def shutdown(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
         await self.upstream.close()
         await self.documents.close()
         await self.store.close()

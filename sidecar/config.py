@@ -100,6 +100,8 @@ class Settings:
     log_level: str = "info"
     log_format: str = "auto"
     access_log: bool = True
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464  # 0 turns the metrics listener off
 
     @property
     def default_resource(self) -> Resource:
@@ -412,6 +414,8 @@ def _build(raw: Mapping[str, Any]) -> Settings:
     take("log_level", lambda k, v: _as_choice(k, v, LOG_LEVELS))
     take("log_format", lambda k, v: _as_choice(k, v, LOG_FORMATS))
     take("access_log", _as_bool)
+    take("metrics_host", _as_str)
+    take("metrics_port", lambda k, v: _as_int(k, v, 0, 65535))
     return dataclasses.replace(defaults, **values)
 
 

@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 from sidecar.config import Resource, Settings
 from sidecar.oauth.errors import InvalidToken
 from sidecar.oauth.grants import Grants
+from sidecar.observability.metrics import token_event
 from sidecar.proxy.http import ProxyApp
 from sidecar.store import StoreUnavailable
 
@@ -124,6 +125,7 @@ class Gateway:
             parts.append(f'error="{error}"')
             parts.append(f'error_description="{description}"')
         header = ("Bearer " + ", ".join(parts)).encode("latin-1")
+        token_event("refused", f"gateway_{error or 'no_token'}")
         body = {"error": error or "unauthorized", "error_description": description}
         await _json(send, status, body, [(b"www-authenticate", header)])
 

@@ -56,6 +56,8 @@ class KeySet:
     session_keys: dict[str, tuple[str, Any]] = field(default_factory=dict)
     # True when this start generated the key (said in the start-up log).
     generated_now: bool = False
+    # When the signing key was made (epoch seconds), where known (metrics).
+    signing_created_at: float | None = None
 
     def sign(self, claims: dict[str, Any], typ: str) -> str:
         return jwt.encode(
@@ -138,7 +140,14 @@ def _static_mode(settings: Settings) -> KeySet:
         private=_private_key(private_jwk, newest.alg),
         public_jwk=public_jwk(newest.public_jwk, newest.kid, newest.alg),
     )
-    return KeySet(signing, dict(session_keys), published, "static-jwks", session_keys)
+    return KeySet(
+        signing,
+        dict(session_keys),
+        published,
+        "static-jwks",
+        session_keys,
+        signing_created_at=_iso_time(newest.created_at),
+    )
 
 
 # -- own-key mode --------------------------------------------------------------
@@ -258,7 +267,23 @@ def _generated_mode(settings: Settings, now: float | None = None) -> KeySet:
         _private_key(newest["jwk"], newest["alg"]),
         public_jwk(newest["jwk"], newest["kid"], newest["alg"]),
     )
-    return KeySet(signing, verifying, published, "generated", generated_now=generated)
+    return KeySet(
+        signing,
+        verifying,
+        published,
+        "generated",
+        generated_now=generated,
+        signing_created_at=float(newest["created_at"]),
+    )
+
+
+def _iso_time(text: str) -> float | None:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def load_keyset(settings: Settings) -> KeySet:

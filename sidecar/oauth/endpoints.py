@@ -34,6 +34,7 @@ from sidecar.oauth.errors import (
 )
 from sidecar.oauth.grants import Grants, IssuedTokens, user_claims
 from sidecar.oauth.params import MAX_FORM_BYTES, form_params
+from sidecar.observability.metrics import token_event
 from sidecar.store import Store, StoreUnavailable
 
 log = structlog.get_logger("sidecar.oauth")
@@ -95,16 +96,26 @@ class OAuthEndpoints:
     # -- POST /oauth/token ------------------------------------------------------
 
     async def token(self, request: Request) -> Response:
-        form = await form_params(request)
-        client = await authenticate_client(self.clients, form, request.headers.get("authorization"))
-        grant_type = form.get("grant_type")
-        if grant_type == "authorization_code":
-            return token_response(await self.exchange_code(form, client))
-        if grant_type == "refresh_token":
-            return token_response(await self.refresh(form, client))
-        if not grant_type:
-            raise InvalidRequest("grant_type is required")
-        raise UnsupportedGrantType(f"grant_type {grant_type} is not supported")
+        try:
+            form = await form_params(request)
+            client = await authenticate_client(
+                self.clients, form, request.headers.get("authorization")
+            )
+            grant_type = form.get("grant_type")
+            if grant_type == "authorization_code":
+                response = token_response(await self.exchange_code(form, client))
+                token_event("issued")
+                return response
+            if grant_type == "refresh_token":
+                response = token_response(await self.refresh(form, client))
+                token_event("refreshed")
+                return response
+            if not grant_type:
+                raise InvalidRequest("grant_type is required")
+            raise UnsupportedGrantType(f"grant_type {grant_type} is not supported")
+        except OAuthError as exc:
+            token_event("refused", exc.error)
+            raise
 
     async def exchange_code(self, form: dict[str, str], client: Client) -> IssuedTokens:
         code, verifier = form.get("code"), form.get("code_verifier")
@@ -213,6 +224,7 @@ class OAuthEndpoints:
                 await self.grants.revoke_access_token(claims)
             except InvalidToken:
                 await self.grants.revoke_refresh(token)
+        token_event("revoked")
         # RFC 7009 section 2.2: 200 whether or not the token was known.
         return Response(status_code=200, headers=NO_STORE)
 

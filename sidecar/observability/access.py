@@ -13,6 +13,7 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sidecar.observability.context import RequestContext, request_id_from
+from sidecar.observability.metrics import REQUEST_SECONDS, REQUESTS
 
 log = structlog.get_logger("sidecar.access")
 
@@ -53,6 +54,9 @@ class AccessMiddleware:
             status = status or 500
             raise
         finally:
+            elapsed = time.perf_counter() - started
+            REQUESTS.labels(route=ctx.route, status=str(status)).inc()
+            REQUEST_SECONDS.labels(route=ctx.route).observe(elapsed)
             if self.log_requests:
                 log.info(
                     "request",
@@ -60,7 +64,7 @@ class AccessMiddleware:
                     method=scope.get("method", "GET") if scope["type"] == "http" else "WS",
                     path=scope["path"],
                     status=status,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                    duration_ms=round(elapsed * 1000, 3),
                     upstream_ms=ctx.upstream_ms,
                     client=scope["client"][0] if scope.get("client") else None,
                 )

@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from sidecar.config import Settings
 from sidecar.observability.context import context_of
+from sidecar.observability.metrics import UPSTREAM_ERRORS, UPSTREAM_SECONDS
 from sidecar.proxy.headers import client_response_headers, is_trusted, upstream_request_headers
 from sidecar.proxy.upstream import UpstreamClient, UpstreamError, UpstreamTimeout
 from sidecar.proxy.websocket import proxy_websocket
@@ -154,7 +155,9 @@ class ProxyApp:
             if not disconnected:
                 await self.send_error(send, exc, ctx.request_id)
             return
-        ctx.upstream_ms = round((time.perf_counter() - started) * 1000, 3)
+        upstream_seconds = time.perf_counter() - started
+        ctx.upstream_ms = round(upstream_seconds * 1000, 3)
+        UPSTREAM_SECONDS.observe(upstream_seconds)
 
         try:
             await send(
@@ -197,6 +200,7 @@ class ProxyApp:
     @staticmethod
     async def send_error(send: Send, exc: UpstreamError, request_id: str) -> None:
         log.warning("upstream error", error=str(exc), status=exc.status)
+        UPSTREAM_ERRORS.labels(kind=exc.code).inc()
         body = json.dumps(
             {
                 "error": exc.code,

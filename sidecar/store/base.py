@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from sidecar.observability.metrics import timed_store
+
 Record = dict[str, Any]
 
 
@@ -51,6 +53,52 @@ class Store(Protocol):
     async def scan(self, ns: str) -> list[tuple[str, Record]]:
         """Every live record of a namespace (small namespaces only: clients)."""
         ...
+
+
+class InstrumentedStore:
+    """A store that times every operation and counts its failures (metrics)."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def ping(self) -> None:
+        await timed_store("ping", self.inner.ping)
+
+    async def get(self, ns: str, key: str) -> Record | None:
+        return await timed_store("get", lambda: self.inner.get(ns, key))
+
+    async def put(self, ns: str, key: str, value: Record, ttl: float | None = None) -> None:
+        await timed_store("put", lambda: self.inner.put(ns, key, value, ttl))
+
+    async def put_if_absent(
+        self, ns: str, key: str, value: Record, ttl: float | None = None
+    ) -> bool:
+        return await timed_store(
+            "put_if_absent", lambda: self.inner.put_if_absent(ns, key, value, ttl)
+        )
+
+    async def swap(
+        self, ns: str, key: str, value: Record, ttl: float | None = None
+    ) -> Record | None:
+        return await timed_store("swap", lambda: self.inner.swap(ns, key, value, ttl))
+
+    async def take(self, ns: str, key: str) -> Record | None:
+        return await timed_store("take", lambda: self.inner.take(ns, key))
+
+    async def delete(self, ns: str, key: str) -> None:
+        await timed_store("delete", lambda: self.inner.delete(ns, key))
+
+    async def incr(self, ns: str, key: str, ttl: float) -> int:
+        return await timed_store("incr", lambda: self.inner.incr(ns, key, ttl))
+
+    async def scan(self, ns: str) -> list[tuple[str, Record]]:
+        return await timed_store("scan", lambda: self.inner.scan(ns))
 
 
 def open_store(url: str) -> Store:

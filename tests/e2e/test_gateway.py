@@ -141,6 +141,7 @@ def test_a_revocation_on_another_process_is_honored_within_seconds(
     env = dict(oauth_stack.sidecar.extra["env"])  # type: ignore[arg-type]
     env.pop("SIDECAR_PORT")
     env.pop("SIDECAR_UPSTREAM_URL")
+    env.pop("SIDECAR_METRICS_PORT")
     env["SIDECAR_PUBLIC_URL"] = oauth_stack.sidecar.url  # replicas share one public URL
     # A second replica sharing the store revokes the token.
     with running(start_sidecar(oauth_stack.app.url, **env)) as other:

@@ -132,6 +132,7 @@ def sidecar_env(upstream_url: str, port: int, **extra: str) -> dict[str, str]:
         "SIDECAR_UPSTREAM_URL": upstream_url,
         "SIDECAR_PORT": str(port),
         "SIDECAR_HOST": "127.0.0.1",
+        "SIDECAR_METRICS_PORT": str(free_port()),
         "SIDECAR_DATA_DIR": data_dir,
         "SIDECAR_STORE_URL": f"sqlite:///{data_dir}/sidecar.db",
         "SIDECAR_LOG_FORMAT": "json",

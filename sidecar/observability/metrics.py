@@ -1,0 +1,97 @@
+"""Prometheus metrics, served on their own listener (``metrics_port``), not
+the public port, so they are never exposed to the internet by accident.
+
+Labels are small closed sets (route class, status code, reason, operation) so
+no client can blow up the number of series.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+T = TypeVar("T")
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+REQUESTS = Counter(
+    "sidecar_requests_total",
+    "Requests answered, by route class and status.",
+    ["route", "status"],
+    registry=REGISTRY,
+)
+REQUEST_SECONDS = Histogram(
+    "sidecar_request_duration_seconds",
+    "Time to answer a request, by route class.",
+    ["route"],
+    registry=REGISTRY,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+TOKENS = Counter(
+    "sidecar_tokens_total",
+    "Token events: issued, refreshed, revoked, or refused with a reason.",
+    ["event", "reason"],
+    registry=REGISTRY,
+)
+UPSTREAM_ERRORS = Counter(
+    "sidecar_upstream_errors_total",
+    "Upstream failures: unreachable or timeout.",
+    ["kind"],
+    registry=REGISTRY,
+)
+UPSTREAM_SECONDS = Histogram(
+    "sidecar_upstream_duration_seconds",
+    "Time until the upstream's response headers.",
+    registry=REGISTRY,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+STORE_SECONDS = Histogram(
+    "sidecar_store_duration_seconds",
+    "Time of one store operation.",
+    ["op"],
+    registry=REGISTRY,
+    buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 2.5),
+)
+STORE_ERRORS = Counter(
+    "sidecar_store_errors_total",
+    "Store operations that failed (store unavailable).",
+    ["op"],
+    registry=REGISTRY,
+)
+SIGNING_KEYS = Gauge(
+    "sidecar_signing_keys",
+    "Keys published in the JWKS.",
+    registry=REGISTRY,
+)
+SIGNING_KEY_AGE = Gauge(
+    "sidecar_signing_key_age_seconds",
+    "Age of the key that signs now (0 when the key has no creation time).",
+    ["kid"],
+    registry=REGISTRY,
+)
+
+
+def token_event(event: str, reason: str = "") -> None:
+    TOKENS.labels(event=event, reason=reason).inc()
+
+
+async def timed_store(op: str, call: Callable[[], Awaitable[T]]) -> T:
+    from sidecar.store.base import StoreUnavailable
+
+    started = time.perf_counter()
+    try:
+        return await call()
+    except StoreUnavailable:
+        STORE_ERRORS.labels(op=op).inc()
+        raise
+    finally:
+        STORE_SECONDS.labels(op=op).observe(time.perf_counter() - started)
+
+
+def serve_metrics(host: str, port: int) -> Any:
+    """Start the metrics listener in a background thread; returns the server."""
+    server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
+    return server

@@ -41,6 +41,8 @@ lint: install
 	$(BIN)/ruff check sidecar tests bench demo
 	$(BIN)/ruff format --check sidecar tests bench demo
 	$(BIN)/mypy
+	$(BIN)/hadolint deploy/Dockerfile
+	$(BIN)/kubernetes-validate --strict --quiet deploy/kubernetes/*.yaml
 
 bench: install node
 	$(BIN)/python bench/run.py $(ARGS)

@@ -61,6 +61,20 @@ def prm_paths(settings: Settings) -> dict[str, str]:
     return paths
 
 
+def ingress_routes(settings: Settings) -> tuple[list[str], list[str]]:
+    """What an ingress that routes only the sidecar's paths must send to it:
+    (path prefixes, exact paths). Everything else can go straight to the app.
+    Metadata-only resources are the app's to serve, so they are not listed."""
+    prefixes = [OAUTH_PREFIX]
+    for resource in settings.resources:
+        on_public_origin = resource.url.startswith(settings.public_url + "/")
+        if resource.mode == "enforce" and on_public_origin:
+            prefixes.append(resource.path.rstrip("/"))
+    exact = [p for p in discovery_paths() if not p.startswith(OAUTH_PREFIX + "/")]
+    exact += list(prm_paths(settings))
+    return prefixes, exact
+
+
 class RouteTable:
     """Which paths the sidecar owns; everything else is the upstream's."""
 

@@ -58,4 +58,5 @@ def serve(settings: Settings) -> int:
     configure_logging(settings.log_level, settings.log_format)
     server = Server(uvicorn_config(settings))
     server.run()
-    return 0 if server.started else 1
+    # 3, as uvicorn itself uses, when start-up (the lifespan) failed.
+    return 0 if server.started else 3

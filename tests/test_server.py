@@ -90,3 +90,30 @@ def test_sigterm_drains_in_flight_requests_then_exits(upstream: Process) -> None
     assert response.status_code == 200
     assert response.json() == {"slow": True}
     assert code == 0
+
+
+def test_a_failed_start_up_exits_3_and_says_why(upstream: Process) -> None:
+    import socket as socket_module
+    import subprocess
+    import sys
+
+    from tests.support.processes import free_port, sidecar_env
+
+    with socket_module.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = sidecar_env(
+            upstream.url, free_port(), SIDECAR_METRICS_PORT=str(taken.getsockname()[1])
+        )
+        import os
+
+        result = subprocess.run(
+            [sys.executable, "-m", "sidecar", "serve"],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 3
+    assert '"start-up failed"' in result.stderr
+    assert "Traceback" not in result.stderr

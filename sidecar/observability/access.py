@@ -56,7 +56,7 @@ class AccessMiddleware:
         finally:
             elapsed = time.perf_counter() - started
             REQUESTS.labels(route=ctx.route, status=str(status)).inc()
-            REQUEST_SECONDS.labels(route=ctx.route).observe(elapsed)
+            REQUEST_SECONDS.labels(route=ctx.route, status=str(status)).observe(elapsed)
             if self.log_requests:
                 log.info(
                     "request",

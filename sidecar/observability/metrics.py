@@ -25,8 +25,8 @@ REQUESTS = Counter(
 )
 REQUEST_SECONDS = Histogram(
     "sidecar_request_duration_seconds",
-    "Time to answer a request, by route class.",
-    ["route"],
+    "Time to answer a request, by route class and status.",
+    ["route", "status"],
     registry=REGISTRY,
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )

@@ -47,7 +47,9 @@ def test_requests_upstream_tokens_store_and_keys_are_counted(upstream: Process) 
             - value(before, "sidecar_requests_total", route="proxy", status="200")
             == 3
         )
-        assert value(after, "sidecar_request_duration_seconds_count", route="proxy") >= 3
+        assert (
+            value(after, "sidecar_request_duration_seconds_count", route="proxy", status="200") >= 3
+        )
         assert value(after, "sidecar_upstream_duration_seconds_count") >= 3
         assert value(after, "sidecar_tokens_total", event="refused", reason="invalid_grant") == 1
         assert value(after, "sidecar_store_duration_seconds_count", op="get") >= 1

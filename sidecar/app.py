@@ -23,8 +23,10 @@ from sidecar.oauth.cimd import MetadataDocuments
 from sidecar.oauth.clients import ClientRegistry
 from sidecar.oauth.endpoints import OAuthEndpoints, document, oauth_json
 from sidecar.oauth.grants import Grants
+from sidecar.oauth.ratelimit import RateLimiter
 from sidecar.observability.access import AccessMiddleware
 from sidecar.observability.health import health_routes
+from sidecar.observability.limits import SizeLimits
 from sidecar.observability.metrics import SIGNING_KEY_AGE, SIGNING_KEYS, serve_metrics
 from sidecar.proxy.http import ProxyApp
 from sidecar.proxy.upstream import UpstreamClient
@@ -117,10 +119,13 @@ class SidecarApp:
         self.clients = ClientRegistry(self.store, self.documents)
         self.grants = Grants(settings, self.store, self.keys)
         self.bridge = SessionBridge(settings, self.upstream, self.keys)
+        self.limiter = RateLimiter(self.store)
         self.authz = AuthorizationEndpoint(
-            settings, self.store, self.clients, self.grants, self.bridge
+            settings, self.store, self.clients, self.grants, self.bridge, self.limiter
         )
-        self.endpoints = OAuthEndpoints(settings, self.store, self.clients, self.grants, self.keys)
+        self.endpoints = OAuthEndpoints(
+            settings, self.store, self.clients, self.grants, self.keys, self.limiter
+        )
         self.owned = Starlette(routes=self.oauth_routes())
         self.proxy = ProxyApp(
             settings,
@@ -129,6 +134,7 @@ class SidecarApp:
         )
         self.gateway = Gateway(settings, self.grants, self.proxy)
         self.metrics_server: Any = None
+        self.limits = SizeLimits(settings.max_query_bytes, settings.max_header_bytes)
         self.app: ASGIApp = AccessMiddleware(
             self._dispatch, self.routes.classify, log_requests=settings.access_log
         )
@@ -167,8 +173,12 @@ class SidecarApp:
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         if self.routes.owns(path):
+            if await self.limits.refuse(scope, send, query=True):
+                return
             await self.owned(scope, receive, send)
         elif (resource := self.gateway.match(path)) is not None:
+            if await self.limits.refuse(scope, send, query=False):
+                return
             await self.gateway(resource, scope, receive, send)
         else:
             await self.proxy(scope, receive, send)

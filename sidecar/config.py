@@ -83,6 +83,17 @@ class Settings:
     scopes: tuple[str, ...] = ("openid", "profile", "email", "offline_access")
     default_scopes: tuple[str, ...] = ("openid", "profile", "email")
     registration_rate_limit: int = 30
+    # Limits on what one client can cost (README, "Security").
+    rate_limit_per_ip: int = 300  # authorize, consent and token requests per IP per minute
+    rate_limit_per_client: int = 600  # token requests per client per minute
+    max_body_bytes: int = 65536  # form bodies of the OAuth endpoints
+    max_registration_bytes: int = 16384
+    max_redirect_uris: int = 20
+    max_query_bytes: int = 8192  # on the sidecar's own routes
+    max_header_bytes: int = 16384  # on the sidecar's own and guarded routes
+    body_timeout: float = 10.0  # to receive a whole OAuth request body
+    idle_timeout: float = 15.0  # an idle kept-alive connection is closed after this
+    max_connections: int = 0  # open connections at which a new request gets 503; 0: none
     # Gateway.
     identity_header_prefix: str = "X-Sidecar-"
     revocation_cache_seconds: float = 5.0
@@ -387,12 +398,22 @@ def _build(raw: Mapping[str, Any]) -> Settings:
     take("access_token_ttl", lambda k, v: _as_int(k, v, 30, 86400))
     take("refresh_token_ttl", lambda k, v: _as_int(k, v, 60))
     take("code_ttl", lambda k, v: _as_int(k, v, 5, 600))
-    take("pending_authorization_ttl", lambda k, v: _as_int(k, v, 30, 3600))
+    take("pending_authorization_ttl", lambda k, v: _as_int(k, v, 1, 3600))
     if "scopes" in raw:
         values["scopes"] = tuple(_as_list("scopes", raw["scopes"]))
     if "default_scopes" in raw:
         values["default_scopes"] = tuple(_as_list("default_scopes", raw["default_scopes"]))
     take("registration_rate_limit", lambda k, v: _as_int(k, v, 0))
+    take("rate_limit_per_ip", lambda k, v: _as_int(k, v, 0))
+    take("rate_limit_per_client", lambda k, v: _as_int(k, v, 0))
+    take("max_body_bytes", lambda k, v: _as_int(k, v, 1024))
+    take("max_registration_bytes", lambda k, v: _as_int(k, v, 1024))
+    take("max_redirect_uris", lambda k, v: _as_int(k, v, 1, 1000))
+    take("max_query_bytes", lambda k, v: _as_int(k, v, 256))
+    take("max_header_bytes", lambda k, v: _as_int(k, v, 1024))
+    take("body_timeout", lambda k, v: _as_float(k, v, 0.1))
+    take("idle_timeout", lambda k, v: _as_float(k, v, 1.0))
+    take("max_connections", lambda k, v: _as_int(k, v, 0))
     take("login_return_param", _as_str)
     if "identity_header_prefix" in raw:
         prefix = _as_str("identity_header_prefix", raw["identity_header_prefix"])

@@ -31,7 +31,8 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         log_config=None,
         # SIGTERM: stop accepting, let in-flight requests finish, then exit.
         timeout_graceful_shutdown=round(settings.shutdown_timeout),
-        timeout_keep_alive=15,
+        timeout_keep_alive=max(1, round(settings.idle_timeout)),
+        limit_concurrency=settings.max_connections or None,
     )
 
 

@@ -34,6 +34,7 @@ from sidecar.oauth.errors import (
 )
 from sidecar.oauth.grants import Grants
 from sidecar.oauth.params import form_params, query_params
+from sidecar.oauth.ratelimit import RateLimiter, client_ip
 from sidecar.proxy.upstream import UpstreamError
 from sidecar.session import SessionBridge
 from sidecar.session.bridge import SessionLookup
@@ -79,6 +80,12 @@ def error_page(title: str, message: str, status: int = 400, error: str | None = 
     return page("error.html", status, title=title, message=message, error=error)
 
 
+def unavailable() -> Response:
+    return error_page(
+        "Temporarily unavailable", "Sign-in is unavailable for a moment; try again shortly.", 503
+    )
+
+
 def _add_cookies(response: Response, cookies: list[bytes] | None) -> None:
     for cookie in cookies or ():
         response.raw_headers.append((b"set-cookie", cookie))
@@ -91,6 +98,21 @@ class AuthorizationEndpoint:
     clients: ClientRegistry
     grants: Grants
     bridge: SessionBridge
+    limiter: RateLimiter
+
+    async def limited(self, request: Request) -> Response | None:
+        """A 429 page when this IP is over rate_limit_per_ip, else None."""
+        try:
+            await self.limiter.check(
+                "authorize-ip", client_ip(request, self.settings), self.settings.rate_limit_per_ip
+            )
+        except OAuthError as exc:
+            response = error_page("Too many requests", "Wait a moment and try again.", 429)
+            response.headers.update(exc.headers)
+            return response
+        except StoreUnavailable:
+            return unavailable()
+        return None
 
     @property
     def issuer(self) -> str:
@@ -129,6 +151,8 @@ class AuthorizationEndpoint:
     # -- GET /oauth/authorize ---------------------------------------------------
 
     async def authorize(self, request: Request) -> Response:
+        if (refused := await self.limited(request)) is not None:
+            return refused
         try:
             params = query_params(request)
         except InvalidRequest as exc:
@@ -368,6 +392,8 @@ class AuthorizationEndpoint:
     # -- GET /oauth/authorize/continue -----------------------------------------
 
     async def resume_endpoint(self, request: Request) -> Response:
+        if (refused := await self.limited(request)) is not None:
+            return refused
         try:
             request_id = query_params(request).get("request", "")
             pending = await self.store.get(PENDING, request_id) if request_id else None
@@ -391,10 +417,14 @@ class AuthorizationEndpoint:
     # -- POST /oauth/consent ----------------------------------------------------
 
     async def consent(self, request: Request) -> Response:
+        if (refused := await self.limited(request)) is not None:
+            return refused
         try:
-            form = await form_params(request)
-        except InvalidRequest as exc:
-            return error_page("Invalid request", exc.description)
+            form = await form_params(
+                request, self.settings.max_body_bytes, self.settings.body_timeout
+            )
+        except OAuthError as exc:
+            return error_page("Invalid request", exc.description, exc.status)
         request_id = form.get("request", "")
         try:
             pending = await self.store.get(PENDING, request_id) if request_id else None

@@ -152,6 +152,7 @@ def client_from_metadata(
     supported_scopes: tuple[str, ...],
     source: str = "dcr",
     client_id: str | None = None,
+    max_redirect_uris: int = MAX_REDIRECT_URIS,
 ) -> tuple[Client, str | None]:
     """Validate RFC 7591 registration metadata; returns the client and its
     plain secret (None for public clients)."""
@@ -160,8 +161,8 @@ def client_from_metadata(
     uris = metadata.get("redirect_uris")
     if not isinstance(uris, list) or not uris:
         raise InvalidRedirectUri("redirect_uris must be a non-empty array")
-    if len(uris) > MAX_REDIRECT_URIS:
-        raise InvalidRedirectUri(f"at most {MAX_REDIRECT_URIS} redirect URIs")
+    if len(uris) > max_redirect_uris:
+        raise InvalidRedirectUri(f"at most {max_redirect_uris} redirect URIs")
     redirect_uris = [validate_redirect_uri(u) for u in uris]
 
     # Real clients omit the method (REFERENCES.md): that means a public client.

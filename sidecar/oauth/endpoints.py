@@ -16,7 +16,13 @@ from starlette.responses import JSONResponse, Response
 from sidecar.config import Settings
 from sidecar.keys import KeySet
 from sidecar.oauth import pkce
-from sidecar.oauth.clients import Client, ClientRegistry, authenticate_client, client_from_metadata
+from sidecar.oauth.clients import (
+    Client,
+    ClientRegistry,
+    authenticate_client,
+    basic_credentials,
+    client_from_metadata,
+)
 from sidecar.oauth.errors import (
     NO_STORE,
     InvalidClientMetadata,
@@ -26,14 +32,14 @@ from sidecar.oauth.errors import (
     InvalidTarget,
     InvalidToken,
     OAuthError,
-    SlowDown,
     TemporarilyUnavailable,
     UnauthorizedClient,
     UnsupportedGrantType,
     error_response,
 )
 from sidecar.oauth.grants import Grants, IssuedTokens, user_claims
-from sidecar.oauth.params import MAX_FORM_BYTES, form_params
+from sidecar.oauth.params import form_params, read_body
+from sidecar.oauth.ratelimit import RateLimiter, client_ip
 from sidecar.observability.metrics import token_event
 from sidecar.store import Store, StoreUnavailable
 
@@ -92,12 +98,27 @@ class OAuthEndpoints:
     clients: ClientRegistry
     grants: Grants
     keys: KeySet
+    limiter: RateLimiter
+
+    async def form(self, request: Request) -> dict[str, str]:
+        return await form_params(request, self.settings.max_body_bytes, self.settings.body_timeout)
+
+    def peer(self, request: Request) -> str:
+        return client_ip(request, self.settings)
 
     # -- POST /oauth/token ------------------------------------------------------
 
     async def token(self, request: Request) -> Response:
         try:
-            form = await form_params(request)
+            await self.limiter.check(
+                "token-ip", self.peer(request), self.settings.rate_limit_per_ip
+            )
+            form = await self.form(request)
+            basic = basic_credentials(request.headers.get("authorization"))
+            client_id = basic[0] if basic else form.get("client_id", "")
+            await self.limiter.check(
+                "token-client", client_id[:200], self.settings.rate_limit_per_client
+            )
             client = await authenticate_client(
                 self.clients, form, request.headers.get("authorization")
             )
@@ -178,22 +199,19 @@ class OAuthEndpoints:
     # -- POST /oauth/register ---------------------------------------------------
 
     async def register(self, request: Request) -> Response:
-        limit = self.settings.registration_rate_limit
-        if limit:
-            peer = request.client.host if request.client else "unknown"
-            count = await self.store.incr("rate", f"register:{peer}", ttl=60)
-            if count > limit:
-                raise SlowDown(
-                    "too many registrations; try again later", headers={"Retry-After": "60"}
-                )
-        body = await request.body()
-        if len(body) > MAX_FORM_BYTES:
-            raise InvalidClientMetadata("registration metadata too large")
+        await self.limiter.check(
+            "register", self.peer(request), self.settings.registration_rate_limit
+        )
+        body = await read_body(
+            request, self.settings.max_registration_bytes, self.settings.body_timeout
+        )
         try:
             metadata = json.loads(body)
         except (ValueError, UnicodeDecodeError):
             raise InvalidClientMetadata("the body must be JSON") from None
-        client, secret = client_from_metadata(metadata, self.settings.scopes)
+        client, secret = client_from_metadata(
+            metadata, self.settings.scopes, max_redirect_uris=self.settings.max_redirect_uris
+        )
         await self.clients.add(client)
         log.info(
             "client registered",
@@ -210,7 +228,7 @@ class OAuthEndpoints:
     # -- POST /oauth/revoke (RFC 7009) ------------------------------------------
 
     async def revoke(self, request: Request) -> Response:
-        form = await form_params(request)
+        form = await self.form(request)
         await authenticate_client(self.clients, form, request.headers.get("authorization"))
         token = form.get("token")
         if not token:
@@ -231,7 +249,7 @@ class OAuthEndpoints:
     # -- POST /oauth/introspect (RFC 7662) --------------------------------------
 
     async def introspect(self, request: Request) -> Response:
-        form = await form_params(request)
+        form = await self.form(request)
         await authenticate_client(
             self.clients, form, request.headers.get("authorization"), require_confidential=True
         )

@@ -109,6 +109,18 @@ class SlowDown(OAuthError):
     status = 429
 
 
+class PayloadTooLarge(OAuthError):
+    """A request body over its limit (RFC 9110 section 15.5.14)."""
+
+    status = 413
+
+
+class RequestTimeout(OAuthError):
+    """The body did not arrive within body_timeout (RFC 9110 section 15.5.9)."""
+
+    status = 408
+
+
 class TemporarilyUnavailable(OAuthError):
     """RFC 6749 section 4.1.2.1: the store or upstream is away; 503 with Retry-After."""
 

@@ -3,11 +3,12 @@ may not appear more than once."""
 
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 
-from sidecar.oauth.errors import InvalidRequest
+from sidecar.oauth.errors import InvalidRequest, PayloadTooLarge, RequestTimeout
 
 MAX_FORM_BYTES = 64 * 1024
 MULTI_VALUED = frozenset({"resource"})  # RFC 8707 allows several
@@ -37,16 +38,33 @@ def query_params(request: Request) -> dict[str, str]:
     return parse_params(request.scope.get("query_string", b"").decode("latin-1"))
 
 
-async def form_params(request: Request) -> dict[str, str]:
+async def read_body(request: Request, max_bytes: int, seconds: float) -> bytes:
+    """The whole body, refused once it passes ``max_bytes`` (413) or takes
+    longer than ``seconds`` to arrive (408): a slow or huge upload
+    cannot hold a worker or memory."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLarge(f"request body larger than {max_bytes} bytes")
+    body = bytearray()
+    try:
+        async with asyncio.timeout(seconds):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > max_bytes:
+                    raise PayloadTooLarge(f"request body larger than {max_bytes} bytes")
+    except TimeoutError:
+        raise RequestTimeout("the request body did not arrive in time") from None
+    return bytes(body)
+
+
+async def form_params(
+    request: Request, max_bytes: int = MAX_FORM_BYTES, seconds: float = 10.0
+) -> dict[str, str]:
     """An application/x-www-form-urlencoded body (RFC 6749 section 4.1.3)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
         raise InvalidRequest("the body must be application/x-www-form-urlencoded")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_FORM_BYTES:
-            raise InvalidRequest("request body too large")
+    body = await read_body(request, max_bytes, seconds)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:

@@ -147,3 +147,22 @@ def rewrite_location(value: bytes, upstream_origin: bytes, public_origin: bytes)
     if value[:n].lower() == upstream_origin and (len(value) == n or value[n : n + 1] in b"/?#"):
         return public_origin + value[n:]
     return value
+
+
+def client_address(
+    peer: str | None,
+    headers: Sequence[tuple[bytes, bytes]],
+    trusted: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> str:
+    """The client's address for per-IP limits: the peer, or, when the peer is a
+    trusted proxy, the nearest X-Forwarded-For entry that is not one."""
+    if not is_trusted(peer, trusted):
+        return peer or "unknown"
+    chain: list[str] = []
+    for name, value in headers:
+        if name == b"x-forwarded-for":
+            chain.extend(p.strip() for p in value.decode("latin-1").split(","))
+    for hop in reversed(chain):
+        if hop and not is_trusted(hop, trusted):
+            return hop
+    return peer or "unknown"

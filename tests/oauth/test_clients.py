@@ -107,7 +107,7 @@ def test_registration_is_rate_limited_per_ip(upstream: Process) -> None:
         ]
         assert codes == [201, 201, 201, 429, 429]
         limited = httpx.post(sidecar.url + "/oauth/register", json=body)
-        assert limited.headers["retry-after"] == "60"
+        assert 1 <= int(limited.headers["retry-after"]) <= 60  # until the window ends
         assert limited.json()["error"] == "slow_down"
 
 

@@ -137,6 +137,10 @@ def sidecar_env(upstream_url: str, port: int, **extra: str) -> dict[str, str]:
         "SIDECAR_STORE_URL": f"sqlite:///{data_dir}/sidecar.db",
         "SIDECAR_LOG_FORMAT": "json",
         "SIDECAR_SHUTDOWN_TIMEOUT": "10",
+        # Every test request comes from 127.0.0.1; the rate-limit tests set
+        # their own limits.
+        "SIDECAR_RATE_LIMIT_PER_IP": "0",
+        "SIDECAR_RATE_LIMIT_PER_CLIENT": "0",
     }
     env.update(extra)
     return env

@@ -76,8 +76,12 @@ def test_host_and_forwarded_host_cannot_change_the_issuer_or_links(
     oauth_stack: Stack, client: OAuthClient
 ) -> None:
     base = oauth_stack.sidecar.url
-    evil = {"Host": "evil.test", "X-Forwarded-Host": "evil.test", "X-Forwarded-Proto": "https",
-            "Forwarded": "host=evil.test"}
+    evil = {
+        "Host": "evil.test",
+        "X-Forwarded-Host": "evil.test",
+        "X-Forwarded-Proto": "https",
+        "Forwarded": "host=evil.test",
+    }
     meta = httpx.get(base + "/.well-known/oauth-authorization-server/oauth", headers=evil)
     assert "evil" not in meta.text
     assert meta.json()["issuer"] == f"{base}/oauth"
@@ -106,8 +110,10 @@ def test_script_in_client_name_and_uri_is_shown_escaped(
     oauth_stack: Stack, browser: Browser
 ) -> None:
     c = OAuthClient(oauth_stack.sidecar.url)
-    c.register(client_name='<script>alert("n")</script>',
-               client_uri='https://x.test/"><img src=x onerror=alert(1)>')
+    c.register(
+        client_name='<script>alert("n")</script>',
+        client_uri='https://x.test/"><img src=x onerror=alert(1)>',
+    )
     page = browser.get(c.authorize_url())
     assert page.status_code == 200
     assert "<script>alert" not in page.text
@@ -131,17 +137,28 @@ def test_script_in_error_descriptions_and_state_never_reaches_a_page_unescaped(
 
 @pytest.fixture
 def grants() -> Grants:
-    settings = load_settings(env={"JWKS": fixtures.text("static-jwks.json"),
-                                  "BETTER_AUTH_SECRET": fixtures.SECRET,
-                                  "SIDECAR_RESOURCES": "/api/mcp"})
+    settings = load_settings(
+        env={
+            "JWKS": fixtures.text("static-jwks.json"),
+            "BETTER_AUTH_SECRET": fixtures.SECRET,
+            "SIDECAR_RESOURCES": "/api/mcp",
+        }
+    )
     return Grants(settings, open_store("memory://"), load_keyset(settings))
 
 
 def claims_for(grants: Grants) -> dict[str, object]:
     now = int(time.time())
-    return {"iss": grants.issuer, "sub": "u", "aud": grants.settings.default_resource.url,
-            "client_id": "c", "scope": "openid", "jti": secrets.token_hex(8), "iat": now,
-            "exp": now + 600}
+    return {
+        "iss": grants.issuer,
+        "sub": "u",
+        "aud": grants.settings.default_resource.url,
+        "client_id": "c",
+        "scope": "openid",
+        "jti": secrets.token_hex(8),
+        "iat": now,
+        "exp": now + 600,
+    }
 
 
 def b64(data: bytes) -> str:
@@ -162,13 +179,16 @@ def test_alg_none_is_refused(grants: Grants) -> None:
 
 def test_hs256_signed_with_the_public_key_is_refused(grants: Grants) -> None:
     _, public = grants.keys.verifying[grants.keys.signing.kid]
-    pem = public.public_bytes(serialization.Encoding.PEM,
-                              serialization.PublicFormat.SubjectPublicKeyInfo)
+    pem = public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     import hashlib
     import hmac
 
     header = {"alg": "HS256", "typ": "at+jwt", "kid": grants.keys.signing.kid}
-    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims_for(grants)).encode())}"
+    signing_input = (
+        f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims_for(grants)).encode())}"
+    )
     signature = hmac.new(pem, signing_input.encode(), hashlib.sha256).digest()
     with pytest.raises(InvalidToken):
         grants.decode_access_token(f"{signing_input}.{b64(signature)}")
@@ -178,13 +198,21 @@ def test_an_unknown_kid_is_refused(grants: Grants) -> None:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    token = jwt.encode(claims_for(grants), other, algorithm="RS256",
-                       headers={"kid": "someone-else", "typ": "at+jwt"})
+    token = jwt.encode(
+        claims_for(grants),
+        other,
+        algorithm="RS256",
+        headers={"kid": "someone-else", "typ": "at+jwt"},
+    )
     with pytest.raises(InvalidToken):
         grants.decode_access_token(token)
     # Nor does our own kid with another key's signature pass.
-    forged = jwt.encode(claims_for(grants), other, algorithm="RS256",
-                        headers={"kid": grants.keys.signing.kid, "typ": "at+jwt"})
+    forged = jwt.encode(
+        claims_for(grants),
+        other,
+        algorithm="RS256",
+        headers={"kid": grants.keys.signing.kid, "typ": "at+jwt"},
+    )
     with pytest.raises(InvalidToken):
         grants.decode_access_token(forged)
 
@@ -214,8 +242,9 @@ def test_a_verifier_for_a_plain_challenge_is_refused(
 ) -> None:
     verifier, _ = pkce_pair()
     # The "plain" method would use the verifier itself as the challenge.
-    r = browser.get(client.authorize_url(code_challenge=verifier[:43],
-                                         code_challenge_method="plain"))
+    r = browser.get(
+        client.authorize_url(code_challenge=verifier[:43], code_challenge_method="plain")
+    )
     assert query_of(r.headers["location"])["error"] == "invalid_request"
 
 
@@ -223,10 +252,14 @@ def test_a_verifier_for_a_plain_challenge_is_refused(
 
 
 def test_no_secret_appears_in_any_log_line_at_any_level() -> None:
-    shared = {"JWKS": fixtures.text("static-jwks.json"), "BETTER_AUTH_SECRET": fixtures.SECRET,
-              "CONVEX_SITE_URL": "{app}"}
-    stack = start_stack({**shared}, {"SIDECAR_RESOURCES": "/api/mcp", "SIDECAR_LOG_LEVEL": "debug",
-                                     **shared})
+    shared = {
+        "JWKS": fixtures.text("static-jwks.json"),
+        "BETTER_AUTH_SECRET": fixtures.SECRET,
+        "CONVEX_SITE_URL": "{app}",
+    }
+    stack = start_stack(
+        {**shared}, {"SIDECAR_RESOURCES": "/api/mcp", "SIDECAR_LOG_LEVEL": "debug", **shared}
+    )
     try:
         base = stack.sidecar.url
         browser = Browser(base).sign_up()
@@ -236,12 +269,18 @@ def test_no_secret_appears_in_any_log_line_at_any_level() -> None:
         verifier = confidential.verifier
         tokens = confidential.exchange(code).json()
         refreshed = confidential.refresh(tokens["refresh_token"]).json()
-        mcp = httpx.get(base + "/api/mcp/echo",
-                        headers={"Authorization": f"Bearer {refreshed['access_token']}"})
+        mcp = httpx.get(
+            base + "/api/mcp/echo", headers={"Authorization": f"Bearer {refreshed['access_token']}"}
+        )
         assert mcp.status_code == 200
-        httpx.post(base + "/oauth/revoke", data={
-            "token": refreshed["refresh_token"], "client_id": confidential.client_id,
-            "client_secret": confidential.client_secret or ""})
+        httpx.post(
+            base + "/oauth/revoke",
+            data={
+                "token": refreshed["refresh_token"],
+                "client_id": confidential.client_id,
+                "client_secret": confidential.client_secret or "",
+            },
+        )
         session_cookie = browser.client.cookies.get("better-auth.session_token")
         convex_jwt = browser.client.cookies.get("better-auth.convex_jwt")
         log = stack.sidecar.log_text()
@@ -275,9 +314,16 @@ def test_a_failed_start_up_does_not_print_the_secret() -> None:
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "sidecar", "serve"], capture_output=True, text=True, timeout=30,
-        env={"PATH": "/usr/bin:/bin", "JWKS": fixtures.text("static-jwks.json"),
-             "BETTER_AUTH_SECRET": "a-wrong-but-secret-value", "CONVEX_SITE_URL": "http://x"})
+        [sys.executable, "-m", "sidecar", "serve"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "JWKS": fixtures.text("static-jwks.json"),
+            "BETTER_AUTH_SECRET": "a-wrong-but-secret-value",
+            "CONVEX_SITE_URL": "http://x",
+        },
+    )
     assert result.returncode == 2
     assert "a-wrong-but-secret-value" not in result.stderr + result.stdout
-

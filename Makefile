@@ -38,14 +38,17 @@ test: install node
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check sidecar tests bench demo
-	$(BIN)/ruff format --check sidecar tests bench demo
+	$(BIN)/ruff check sidecar tests bench demo fuzz
+	$(BIN)/ruff format --check sidecar tests bench demo fuzz
 	$(BIN)/mypy
 	$(BIN)/hadolint deploy/Dockerfile
 	$(BIN)/kubernetes-validate --strict --quiet deploy/kubernetes/*.yaml
 
 bench: install node
 	$(BIN)/python bench/run.py $(ARGS)
+
+fuzz: install
+	$(BIN)/python fuzz/run.py $(ARGS)
 
 demo: install node
 	$(BIN)/python demo/run.py

@@ -50,7 +50,7 @@ REGISTERED = "https://app.client.test/cb"
         "https://app.client.test/c%62",  # percent-encoding
         "https://app.client.test/cb/..;/admin",  # path parameter traversal
         "https://app.client.test/cb/../cb",
-        "https://аpp.client.test/cb",  # IDN look-alike (Cyrillic a)
+        "https://\u0430pp.client.test/cb",  # IDN look-alike (Cyrillic a)
         "https://xn--pp-8cd.client.test/cb",
         "https://app.client.test/cb?extra=1",  # extra query
         "https://app.client.test/cb#frag",  # fragment

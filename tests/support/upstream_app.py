@@ -76,6 +76,9 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
 
     if path == "/health":
         await json_response(send, {"ok": True})
+    elif path == "/api/auth/convex/token":
+        # An app with no signed-in user (the fuzz campaign's upstream).
+        await json_response(send, {"code": "UNAUTHORIZED"}, 401)
     elif path == "/small":
         await respond(send, 200, SMALL_JSON, SMALL_HEADERS)
     elif path.startswith("/echo") or path == "/%":

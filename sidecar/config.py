@@ -93,6 +93,7 @@ class Settings:
     max_header_bytes: int = 16384  # on the sidecar's own and guarded routes
     body_timeout: float = 10.0  # to receive a whole OAuth request body
     idle_timeout: float = 15.0  # an idle kept-alive connection is closed after this
+    header_timeout: float = 10.0  # to receive a request's headers (slowloris)
     max_connections: int = 0  # open connections at which a new request gets 503; 0: none
     # Gateway.
     identity_header_prefix: str = "X-Sidecar-"
@@ -413,6 +414,7 @@ def _build(raw: Mapping[str, Any]) -> Settings:
     take("max_header_bytes", lambda k, v: _as_int(k, v, 1024))
     take("body_timeout", lambda k, v: _as_float(k, v, 0.1))
     take("idle_timeout", lambda k, v: _as_float(k, v, 1.0))
+    take("header_timeout", lambda k, v: _as_float(k, v, 0.5))
     take("max_connections", lambda k, v: _as_int(k, v, 0))
     take("login_return_param", _as_str)
     if "identity_header_prefix" in raw:

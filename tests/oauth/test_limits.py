@@ -36,6 +36,7 @@ def limited(upstream: Process) -> Iterator[Process]:
             SIDECAR_MAX_HEADER_BYTES="4096",
             SIDECAR_BODY_TIMEOUT="0.5",
             SIDECAR_IDLE_TIMEOUT="1",
+            SIDECAR_HEADER_TIMEOUT="1",
             SIDECAR_PENDING_AUTHORIZATION_TTL="1",
         )
     ) as sidecar:
@@ -104,6 +105,27 @@ def test_an_idle_kept_alive_connection_is_closed(limited: Process) -> None:
         started = time.monotonic()
         assert s.recv(4096) == b""  # closed by the server
     assert 0.5 < time.monotonic() - started < 4
+
+
+@pytest.mark.parametrize(
+    "first_bytes",
+    [b"", b"GET /oauth/jwks HTTP/1.1\r\nHost: x\r\nX-Slow: "],
+    ids=["silent connection", "slow headers"],
+)
+def test_a_client_that_sends_its_headers_slowly_is_disconnected(
+    limited: Process, first_bytes: bytes
+) -> None:
+    with socket.create_connection(("127.0.0.1", limited.port), timeout=6) as s:
+        s.sendall(first_bytes)
+        started = time.monotonic()
+        for _ in range(3 if first_bytes else 0):  # keep dribbling, as a slowloris does
+            time.sleep(0.2)
+            try:
+                s.sendall(b"a")
+            except OSError:
+                break
+        assert s.recv(4096) == b""  # closed by the server
+    assert time.monotonic() - started < 4
 
 
 def test_a_pending_authorization_expires(limited: Process) -> None:

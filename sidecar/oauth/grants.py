@@ -184,6 +184,12 @@ class Grants:
         key = digest(token)
         if await self.store.get(REFRESH, key) is None:
             raise InvalidGrant("invalid or expired refresh token")
+        # A revoked grant is refused before the swap. Checked after it, a
+        # replay racing the one genuine use could revoke the grant in between
+        # and leave no use succeeding; this way the genuine use gets its
+        # answer, and every token in it carries the revoked grant's id.
+        if await self.is_grant_revoked(grant_id):
+            raise InvalidGrant("this grant has been revoked")
         old = await self.store.swap(
             REFRESH, key, {"used": True, "grant_id": grant_id}, ttl=self.settings.refresh_token_ttl
         )
@@ -195,8 +201,6 @@ class Grants:
         if old["client_id"] != client_id:
             # Put nothing back: a token presented by another client is burnt.
             raise InvalidGrant("refresh token was issued to another client")
-        if await self.is_grant_revoked(old["grant_id"]):
-            raise InvalidGrant("this grant has been revoked")
         return old
 
     async def revoke_refresh(self, token: str) -> bool:

@@ -172,7 +172,38 @@ def body(rng: random.Random) -> bytes:
     return b""
 
 
+CLIENTS: list[str] = []  # registered before the campaign starts
+RESOURCE = ["http://127.0.0.1/api/mcp"]  # the sidecar's own, set once it runs
+CHALLENGE = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"  # a well-formed S256 challenge
+
+
+def nearly_valid_authorize(rng: random.Random) -> str:
+    """A valid authorization request, or one with a single field changed, so
+    the campaign also reaches what follows client and redirect validation:
+    the other checks, the session bridge, pending requests, login redirects."""
+    params = {
+        "response_type": "code",
+        "client_id": rng.choice(CLIENTS),
+        "redirect_uri": "http://127.0.0.1:1/cb",
+        "code_challenge": CHALLENGE,
+        "code_challenge_method": "S256",
+        "state": "s",
+        "scope": "openid",
+        "resource": RESOURCE[0],
+    }
+    roll = rng.random()
+    if roll < 0.4:
+        params[rng.choice([*params, "prompt", "nonce"])] = value(rng)
+    elif roll < 0.55:
+        params.pop(rng.choice(list(params)))
+    elif roll < 0.7:
+        params["prompt"] = rng.choice(["none", "login", "consent", "none login", "bogus"])
+    return "/oauth/authorize?" + "&".join(f"{k}={quote(v, safe='')}" for k, v in params.items())
+
+
 def request(rng: random.Random) -> tuple[str, str, dict[str, str], bytes, str]:
+    if CLIENTS and rng.random() < 0.1:
+        return "GET", nearly_valid_authorize(rng), {}, b"", "/oauth/authorize (nearly valid)"
     endpoint = rng.choice(OWNED) if rng.random() < 0.85 else rng.choice(PROXIED)
     path = endpoint
     if rng.random() < 0.6 and "?" not in path:
@@ -250,6 +281,8 @@ def main() -> int:
             },
         )
         VALUES.append(r.json()["client_id"])
+        CLIENTS.append(r.json()["client_id"])
+    RESOURCE[0] = sidecar.url + "/api/mcp"
     started = time.monotonic()
     try:
         counts, rss = asyncio.run(

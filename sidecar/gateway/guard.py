@@ -10,7 +10,6 @@ stripped on every path by the proxy. ``OPTIONS`` preflights pass untouched.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import OrderedDict
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import structlog
 from starlette.types import Receive, Scope, Send
 
+from sidecar.asgi import send_json
 from sidecar.config import Resource, Settings
 from sidecar.oauth.errors import InvalidToken
 from sidecar.oauth.grants import Grants
@@ -78,7 +78,7 @@ class Gateway:
             await self._challenge(send, resource, 401, "invalid_token", exc.description)
             return
         except StoreUnavailable:
-            await _json(
+            await send_json(
                 send,
                 503,
                 {"error": "temporarily_unavailable", "error_description": "try again shortly"},
@@ -127,7 +127,7 @@ class Gateway:
         header = ("Bearer " + ", ".join(parts)).encode("latin-1")
         token_event("refused", f"gateway_{error or 'no_token'}")
         body = {"error": error or "unauthorized", "error_description": description}
-        await _json(send, status, body, [(b"www-authenticate", header)])
+        await send_json(send, status, body, [(b"www-authenticate", header)])
 
 
 def _bearer(headers: list[tuple[bytes, bytes]]) -> str | None:
@@ -138,22 +138,3 @@ def _bearer(headers: list[tuple[bytes, bytes]]) -> str | None:
                 return token.strip()
             return None
     return None
-
-
-async def _json(
-    send: Send, status: int, body: dict[str, Any], extra: list[tuple[bytes, bytes]]
-) -> None:
-    data = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(data)).encode()),
-                (b"cache-control", b"no-store"),
-                *extra,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": data})

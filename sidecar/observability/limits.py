@@ -4,9 +4,9 @@ any handler runs. The app's own routes are passed through as they come."""
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import Scope, Send
+
+from sidecar.asgi import send_json
 
 
 class SizeLimits:
@@ -29,17 +29,9 @@ class SizeLimits:
 
 
 async def _answer(send: Send, status: int, description: str) -> None:
-    body = json.dumps({"error": "invalid_request", "error_description": description}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"cache-control", b"no-store"),
-                (b"connection", b"close"),
-            ],
-        }
+    await send_json(
+        send,
+        status,
+        {"error": "invalid_request", "error_description": description},
+        [(b"connection", b"close")],
     )
-    await send({"type": "http.response.body", "body": body})

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator, Sequence
 from urllib.parse import urlsplit
@@ -18,6 +17,7 @@ from urllib.parse import urlsplit
 import structlog
 from starlette.types import Receive, Scope, Send
 
+from sidecar.asgi import send_json
 from sidecar.config import Settings
 from sidecar.observability.context import context_of
 from sidecar.observability.metrics import UPSTREAM_ERRORS, UPSTREAM_SECONDS
@@ -201,27 +201,16 @@ class ProxyApp:
     async def send_error(send: Send, exc: UpstreamError, request_id: str) -> None:
         log.warning("upstream error", error=str(exc), status=exc.status)
         UPSTREAM_ERRORS.labels(kind=exc.code).inc()
-        body = json.dumps(
-            {
-                "error": exc.code,
-                "error_description": "the upstream app timed out"
-                if isinstance(exc, UpstreamTimeout)
-                else "the upstream app is unreachable",
-                "request_id": request_id,
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": exc.status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"cache-control", b"no-store"),
-                ],
-            }
+        description = (
+            "the upstream app timed out"
+            if isinstance(exc, UpstreamTimeout)
+            else "the upstream app is unreachable"
         )
-        await send({"type": "http.response.body", "body": body})
+        await send_json(
+            send,
+            exc.status,
+            {"error": exc.code, "error_description": description, "request_id": request_id},
+        )
 
 
 def _has_body(headers: Sequence[tuple[bytes, bytes]]) -> bool:

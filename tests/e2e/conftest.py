@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.support.oauth import Browser, OAuthClient
 from tests.support.processes import Process, free_port, start_better_auth, start_sidecar
 
 
@@ -78,9 +79,21 @@ def oauth_stack() -> Iterator[Stack]:
     stack.app.stop()
 
 
+@pytest.fixture
+def browser(oauth_stack: Stack) -> Browser:
+    """A user signed up, and so signed in, through the sidecar."""
+    return Browser(oauth_stack.sidecar.url).sign_up()
+
+
+@pytest.fixture
+def client(oauth_stack: Stack) -> OAuthClient:
+    """A dynamically registered public client."""
+    c = OAuthClient(oauth_stack.sidecar.url)
+    c.register()
+    return c
+
+
 @pytest.fixture(autouse=True)
 def _close_browsers() -> Iterator[None]:
-    from tests.support.oauth import Browser
-
     yield
     Browser.close_all()

@@ -21,19 +21,6 @@ from tests.e2e.conftest import Stack, start_stack
 from tests.support import fixtures
 from tests.support.oauth import Browser, OAuthClient, pkce_pair, query_of
 
-
-@pytest.fixture
-def browser(oauth_stack: Stack) -> Browser:
-    return Browser(oauth_stack.sidecar.url).sign_up()
-
-
-@pytest.fixture
-def client(oauth_stack: Stack) -> OAuthClient:
-    c = OAuthClient(oauth_stack.sidecar.url)
-    c.register()
-    return c
-
-
 # -- redirect URI tricks ----------------------------------------------------------
 
 REGISTERED = "https://app.client.test/cb"
@@ -307,23 +294,3 @@ def test_no_secret_appears_in_any_log_line_at_any_level() -> None:
     finally:
         stack.sidecar.stop()
         stack.app.stop()
-
-
-def test_a_failed_start_up_does_not_print_the_secret() -> None:
-    import subprocess
-    import sys
-
-    result = subprocess.run(
-        [sys.executable, "-m", "sidecar", "serve"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={
-            "PATH": "/usr/bin:/bin",
-            "JWKS": fixtures.text("static-jwks.json"),
-            "BETTER_AUTH_SECRET": "a-wrong-but-secret-value",
-            "CONVEX_SITE_URL": "http://x",
-        },
-    )
-    assert result.returncode == 2
-    assert "a-wrong-but-secret-value" not in result.stderr + result.stdout

@@ -88,11 +88,6 @@ def documents() -> Iterator[DocumentServer]:
         yield server
 
 
-@pytest.fixture
-def browser(oauth_stack: Stack) -> Browser:
-    return Browser(oauth_stack.sidecar.url).sign_up()
-
-
 def test_the_metadata_advertises_document_support(oauth_stack: Stack) -> None:
     meta = httpx.get(oauth_stack.sidecar.url + "/.well-known/oauth-authorization-server/oauth")
     assert meta.json()["client_id_metadata_document_supported"] is True

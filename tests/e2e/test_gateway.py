@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import httpx
-import pytest
 
 from sidecar.config import load_settings
 from sidecar.keys import load_keyset
@@ -13,18 +12,6 @@ from tests.e2e.conftest import Stack
 from tests.support import fixtures
 from tests.support.oauth import Browser, OAuthClient
 from tests.support.processes import running, start_sidecar
-
-
-@pytest.fixture
-def browser(oauth_stack: Stack) -> Browser:
-    return Browser(oauth_stack.sidecar.url).sign_up()
-
-
-@pytest.fixture
-def client(oauth_stack: Stack) -> OAuthClient:
-    c = OAuthClient(oauth_stack.sidecar.url)
-    c.register()
-    return c
 
 
 def token_for(client: OAuthClient, browser: Browser, resource: str, scope: str = "openid") -> str:

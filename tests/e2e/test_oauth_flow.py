@@ -12,18 +12,6 @@ from tests.support import fixtures
 from tests.support.oauth import REDIRECT, Browser, OAuthClient, query_of
 
 
-@pytest.fixture
-def browser(oauth_stack: Stack) -> Browser:
-    return Browser(oauth_stack.sidecar.url).sign_up()
-
-
-@pytest.fixture
-def client(oauth_stack: Stack) -> OAuthClient:
-    c = OAuthClient(oauth_stack.sidecar.url)
-    c.register()
-    return c
-
-
 def public_key(kid: str):  # type: ignore[no-untyped-def]
     key = next(k for k in fixtures.load("convex-jwks.json")["keys"] if k["kid"] == kid)
     return jwt.PyJWK(key).key

@@ -7,17 +7,21 @@ lifespan opens and closes the shared upstream client.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import structlog
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sidecar.config import ConfigError, Settings
 from sidecar.gateway import Gateway
 from sidecar.keys import load_keyset
+from sidecar.keys.reload import watch_key_file
 from sidecar.oauth.authorize import AuthorizationEndpoint
 from sidecar.oauth.cimd import MetadataDocuments
 from sidecar.oauth.clients import ClientRegistry
@@ -134,6 +138,8 @@ class SidecarApp:
         )
         self.gateway = Gateway(settings, self.grants, self.proxy)
         self.metrics_server: Any = None
+        self._key_watch: asyncio.Task[None] | None = None
+        self._jwks_cache: tuple[list[dict[str, Any]], Any] | None = None
         self.limits = SizeLimits(settings.max_query_bytes, settings.max_header_bytes)
         self.app: ASGIApp = AccessMiddleware(
             self._dispatch, self.routes.classify, log_requests=settings.access_log
@@ -152,7 +158,7 @@ class SidecarApp:
             Route("/oauth/revoke", oauth_json(e.revoke), methods=post),
             Route("/oauth/introspect", oauth_json(e.introspect), methods=post),
             Route("/oauth/userinfo", oauth_json(e.userinfo), methods=["GET", "POST", "OPTIONS"]),
-            Route("/oauth/jwks", document(self.keys.jwks(), 300), methods=["GET", "OPTIONS"]),
+            Route("/oauth/jwks", self.jwks_document, methods=["GET", "OPTIONS"]),
         ]
         metadata = document(e.metadata(), 3600)
         routes += [Route(path, metadata, methods=["GET", "OPTIONS"]) for path in discovery_paths()]
@@ -183,16 +189,35 @@ class SidecarApp:
         else:
             await self.proxy(scope, receive, send)
 
+    async def jwks_document(self, request: Request) -> Response:
+        """The public keys, rebuilt only when the key set changes (a reload)."""
+        published = self.keys.published
+        if self._jwks_cache is None or self._jwks_cache[0] is not published:
+            self._jwks_cache = (published, document(self.keys.jwks(), 300))
+        return await self._jwks_cache[1](request)
+
+    def _keys_changed(self) -> None:
+        SIGNING_KEYS.set(len(self.keys.published))
+        SIGNING_KEY_AGE.clear()
+        self._track_key_age()
+
+    def _track_key_age(self) -> None:
+        if self.keys.signing_created_at:
+            SIGNING_KEY_AGE.labels(kid=self.keys.signing.kid).set_function(
+                lambda: time.time() - (self.keys.signing_created_at or time.time())
+            )
+
     async def startup(self) -> None:
+        if self.keys.mode == "generated":
+            self._key_watch = asyncio.create_task(
+                watch_key_file(self.settings, self.keys, self._keys_changed)
+            )
         if self.settings.metrics_port:
             self.metrics_server = serve_metrics(
                 self.settings.metrics_host, self.settings.metrics_port
             )
         SIGNING_KEYS.set(len(self.keys.published))
-        if self.keys.signing_created_at:
-            SIGNING_KEY_AGE.labels(kid=self.keys.signing.kid).set_function(
-                lambda: time.time() - (self.keys.signing_created_at or time.time())
-            )
+        self._track_key_age()
         await self.upstream.open()
         await self.store.open()
         await self.documents.open()
@@ -213,6 +238,8 @@ class SidecarApp:
         )
 
     async def shutdown(self) -> None:
+        if self._key_watch is not None:
+            self._key_watch.cancel()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()

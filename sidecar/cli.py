@@ -119,7 +119,7 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
             )
         new = rotate_managed_keys(settings)
         print(
-            f"new signing key {new['kid']}; restart or wait for replicas to reload; "
+            f"new signing key {new['kid']}: a running sidecar signs with it within seconds; "
             f"older keys stay published for {settings.access_token_ttl + 60} s"
         )
         return 0

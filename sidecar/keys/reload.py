@@ -1,0 +1,52 @@
+"""Picking up `sidecar keys rotate` without a restart.
+
+In generated-key mode the key file is the source of truth; a running sidecar
+checks its modification time every few seconds and, when it changed, loads the
+keys again and swaps them into the one KeySet every part holds. The new key
+signs from then on; older keys stay published until their tokens expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+
+import structlog
+
+from sidecar.config import Settings
+from sidecar.keys.keyset import KeySet, keys_file, load_keyset
+
+log = structlog.get_logger("sidecar.keys")
+CHECK_EVERY = 2.0  # seconds
+
+
+def _mtime(path: os.PathLike[str] | str) -> float | None:
+    try:
+        return os.stat(path).st_mtime_ns / 1e9
+    except OSError:
+        return None
+
+
+async def watch_key_file(settings: Settings, keyset: KeySet, on_change: object = None) -> None:
+    path = keys_file(settings)
+    seen = _mtime(path)
+    while True:
+        await asyncio.sleep(CHECK_EVERY)
+        current = _mtime(path)
+        if current is None or current == seen:
+            continue
+        seen = current
+        try:
+            fresh = load_keyset(settings)
+        except Exception as exc:  # a half-written or broken file: keep the keys we have
+            log.warning("signing keys not reloaded", error=str(exc))
+            continue
+        for field in dataclasses.fields(KeySet):
+            if field.name != "generated_now":
+                setattr(keyset, field.name, getattr(fresh, field.name))
+        log.info(
+            "signing keys reloaded", signing_kid=keyset.signing.kid, published=len(keyset.published)
+        )
+        if callable(on_change):
+            on_change()

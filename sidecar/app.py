@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sidecar.config import ConfigError, Settings
+from sidecar.config import ConfigError, Resource, Settings
 from sidecar.gateway import Gateway
 from sidecar.keys import load_keyset
 from sidecar.keys.reload import watch_key_file
@@ -54,16 +54,16 @@ def discovery_paths() -> list[str]:
     ]
 
 
-def prm_paths(settings: Settings) -> dict[str, str]:
+def prm_paths(settings: Settings) -> dict[str, Resource]:
     """RFC 9728 section 3.1: the path-inserted well-known URL of each
     resource served on the public origin -> the resource."""
     paths = {}
     resources = settings.resources or (settings.default_resource,)
     for resource in resources:
-        if not resource.url.startswith(settings.public_url):
+        if not settings.on_public_origin(resource):
             continue
         path = resource.path.rstrip("/")
-        paths["/.well-known/oauth-protected-resource" + path] = resource.url
+        paths["/.well-known/oauth-protected-resource" + path] = resource
     return paths
 
 
@@ -73,8 +73,7 @@ def ingress_routes(settings: Settings) -> tuple[list[str], list[str]]:
     Metadata-only resources are the app's to serve, so they are not listed."""
     prefixes = [OAUTH_PREFIX]
     for resource in settings.resources:
-        on_public_origin = resource.url.startswith(settings.public_url + "/")
-        if resource.mode == "enforce" and on_public_origin:
+        if resource.mode == "enforce" and settings.on_public_origin(resource):
             prefixes.append(resource.path.rstrip("/"))
     exact = [p for p in discovery_paths() if not p.startswith(OAUTH_PREFIX + "/")]
     exact += list(prm_paths(settings))
@@ -96,6 +95,27 @@ class RouteTable:
         if path.startswith(("/oauth/healthz", "/oauth/readyz")):
             return "health"
         return "oauth" if self.owns(path) else "proxy"
+
+
+def check_served_as_configured(settings: Settings, routes: RouteTable, gateway: Gateway) -> None:
+    """Fail closed: every resource on the public origin has its metadata
+    served here, and every enforced one is guarded by the gateway; where the
+    configuration and what would be served disagree, start-up stops."""
+    for resource in settings.resources:
+        if not settings.on_public_origin(resource):
+            continue
+        prm = "/.well-known/oauth-protected-resource" + resource.path.rstrip("/")
+        if not routes.owns(prm):
+            raise ConfigError("resources", f"the metadata of {resource.url} would not be served")
+        if resource.mode != "enforce":
+            continue
+        for path in (resource.path, resource.path.rstrip("/") + "/x"):
+            if routes.owns(path) or gateway.match(path) is not resource:
+                raise ConfigError(
+                    "resources",
+                    f"{resource.url} would be served unguarded: its path {resource.path} "
+                    "belongs to the sidecar's own routes",
+                )
 
 
 class SidecarApp:
@@ -137,6 +157,7 @@ class SidecarApp:
             drop_header_prefixes=[settings.identity_header_prefix.lower().encode("latin-1")],
         )
         self.gateway = Gateway(settings, self.grants, self.proxy)
+        check_served_as_configured(settings, self.routes, self.gateway)
         self.metrics_server: Any = None
         self._key_watch: asyncio.Task[None] | None = None
         self._jwks_cache: tuple[list[dict[str, Any]], Any] | None = None

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from sidecar.urls import InvalidURL, canonical_url, is_under
+
 
 class ConfigError(Exception):
     """A configuration value that cannot be used; ``key`` names it."""
@@ -39,13 +41,20 @@ class Resource:
     resource's metadata and passes requests through untouched; the app checks
     tokens itself."""
 
-    url: str  # canonical absolute URL, no fragment, no trailing slash unless it is the root
+    url: str  # sidecar.urls.canonical_url form
     mode: str = "enforce"
     scopes: tuple[str, ...] = ()  # required of every token (403 insufficient_scope)
+    scopes_supported: tuple[str, ...] = ()  # offered besides the required ones
 
     @property
     def path(self) -> str:
         return urlsplit(self.url).path or "/"
+
+    @property
+    def advertised_scopes(self) -> tuple[str, ...]:
+        """What its metadata and 401 name: the minimal set for basic use
+        (MCP 2026-07-28), its required scopes first; never offline_access."""
+        return tuple(dict.fromkeys(self.scopes + self.scopes_supported))
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -82,6 +91,9 @@ class Settings:
     pending_authorization_ttl: int = 600
     scopes: tuple[str, ...] = ("openid", "profile", "email", "offline_access")
     default_scopes: tuple[str, ...] = ("openid", "profile", "email")
+    # Scope hierarchies (MCP 2026-07-28: "servers MUST account for scope
+    # hierarchies"): a granted scope also counts as each scope it includes.
+    scope_includes: tuple[tuple[str, tuple[str, ...]], ...] = ()
     registration_rate_limit: int = 30
     # Limits on what one client can cost (README, "Security").
     rate_limit_per_ip: int = 300  # authorize, consent and token requests per IP per minute
@@ -98,6 +110,11 @@ class Settings:
     # Gateway.
     identity_header_prefix: str = "X-Sidecar-"
     revocation_cache_seconds: float = 5.0
+    # Origins whose pages may read the gateway's 401/403 (CORS); "*" for any.
+    gateway_cors_origins: tuple[str, ...] = ("*",)
+    # Plain http on a public_url or issuer that is not loopback is refused
+    # unless this is set (MCP: every authorization server endpoint is https).
+    allow_insecure_http: bool = False
     # Client ID Metadata Documents: hosts that may be fetched even when they
     # are plain http or resolve to private or loopback addresses (tests, dev).
     cimd_allowed_hosts: tuple[str, ...] = ()
@@ -121,6 +138,28 @@ class Settings:
         configured one, else the app's public origin as a whole."""
         return self.resources[0] if self.resources else Resource(self.public_url)
 
+    def on_public_origin(self, resource: Resource) -> bool:
+        return is_under(resource.url, self.public_url)
+
+    def resource_scopes(self) -> set[str]:
+        """Scopes that belong to some resource, not to the server as a whole."""
+        scopes: set[str] = set()
+        for resource in self.resources:
+            scopes |= set(resource.advertised_scopes)
+        return self.expand_scopes(scopes)
+
+    def expand_scopes(self, scopes: set[str] | list[str] | tuple[str, ...]) -> set[str]:
+        """The scopes granted ones stand for, through ``scope_includes``."""
+        includes = dict(self.scope_includes)
+        seen: set[str] = set()
+        todo = list(scopes)
+        while todo:
+            scope = todo.pop()
+            if scope not in seen:
+                seen.add(scope)
+                todo.extend(includes.get(scope, ()))
+        return seen
+
     def redacted(self) -> dict[str, Any]:
         """The effective configuration for display, secrets replaced."""
         shown: dict[str, Any] = {}
@@ -129,7 +168,17 @@ class Settings:
             if f.name in SECRET_KEYS and value:
                 value = "<redacted>"
             elif f.name == "resources":
-                value = [{"url": r.url, "mode": r.mode, "scopes": list(r.scopes)} for r in value]
+                value = [
+                    {
+                        "url": r.url,
+                        "mode": r.mode,
+                        "scopes": list(r.scopes),
+                        "scopes_supported": list(r.scopes_supported),
+                    }
+                    for r in value
+                ]
+            elif f.name == "scope_includes":
+                value = {scope: list(included) for scope, included in value}
             elif f.name == "trusted_proxies":
                 value = [str(n) for n in value]
             elif isinstance(value, tuple):
@@ -254,17 +303,13 @@ def _as_list(key: str, value: Any) -> list[str]:
 
 def _as_origin(key: str, value: Any) -> str:
     """An http(s) origin: scheme and host (and port), no path, query or fragment."""
-    text = _as_str(key, value).rstrip("/")
+    text = _as_str(key, value)
     try:
-        parts = urlsplit(text)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise ConfigError(key, f"is not a valid URL: {text!r}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(key, f"must be an http or https URL, got {text!r}")
-    if parts.path or parts.query or parts.fragment or parts.username:
-        raise ConfigError(key, f"must be an origin without path, query or user, got {text!r}")
-    return f"{parts.scheme}://{parts.netloc}"
+        return canonical_url(text, allow_path=False)
+    except InvalidURL as exc:
+        raise ConfigError(
+            key, f"must be an http(s) origin without path, query or user: {exc}"
+        ) from None
 
 
 def _as_path(key: str, value: Any) -> str:
@@ -301,10 +346,22 @@ def _as_networks(key: str, value: Any) -> tuple[ipaddress.IPv4Network | ipaddres
     return tuple(networks)
 
 
+def _as_scope_list(key: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(value.split())
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(v.strip() for v in value if v.strip())
+    raise ConfigError(key, f"scopes must be a space-separated string or a list, got {value!r}")
+
+
+RESOURCE_OPTIONS = ("mode", "scopes", "scopes_supported")
+
+
 def _as_resources(key: str, value: Any, public_url: str) -> tuple[Resource, ...]:
     """Each item: a path on the public URL or an absolute URL, optionally
-    followed by ``;mode=metadata-only`` and ``;scopes=a b`` (environment and
-    TOML strings), or a TOML table ``{url, mode, scopes}``."""
+    followed by ``;mode=metadata-only``, ``;scopes=a b`` (required of every
+    token) and ``;scopes_supported=c d`` (offered besides), or a TOML table
+    with those keys and ``url``."""
     items = value if isinstance(value, list) else _as_list(key, value)
     resources = []
     for item in items:
@@ -323,26 +380,66 @@ def _as_resources(key: str, value: Any, public_url: str) -> tuple[Resource, ...]
                 options[name.strip()] = val.strip()
         else:
             raise ConfigError(key, f"{item!r} must be a string or a table")
-        unknown = set(options) - {"mode", "scopes"}
+        unknown = set(options) - set(RESOURCE_OPTIONS)
         if unknown:
             raise ConfigError(key, f"unknown option {', '.join(sorted(unknown))} for {target!r}")
         mode = str(options.get("mode", "enforce")).lower()
         if mode not in RESOURCE_MODES:
             raise ConfigError(key, f"mode must be one of {', '.join(RESOURCE_MODES)}, got {mode!r}")
-        scopes = options.get("scopes", ())
-        scopes = tuple(scopes.split()) if isinstance(scopes, str) else tuple(scopes)
+        scopes = _as_scope_list(key, options.get("scopes", ""))
+        supported = _as_scope_list(key, options.get("scopes_supported", ""))
+        if "offline_access" in scopes + supported:
+            # MCP 2026-07-28 (SEP-2207): a resource SHOULD NOT advertise it;
+            # refresh tokens are the server's business, not the resource's.
+            raise ConfigError(key, f"{target!r}: offline_access is not a resource scope")
         url = public_url + target if target.startswith("/") else target
-        parts_ = urlsplit(url)
-        if parts_.scheme not in ("http", "https") or not parts_.hostname:
-            raise ConfigError(key, f"{target!r} must be a path or an http(s) URL")
-        if parts_.fragment or "#" in url:
-            raise ConfigError(key, f"{target!r} must not have a fragment (RFC 8707 section 2)")
-        if parts_.query:
-            raise ConfigError(key, f"{target!r} must not have a query")
-        path = parts_.path.rstrip("/")
-        canonical = f"{parts_.scheme}://{parts_.netloc.lower()}{path}"
-        resources.append(Resource(url=canonical, mode=mode, scopes=scopes))
+        try:
+            canonical = canonical_url(url)
+        except InvalidURL as exc:
+            raise ConfigError(key, f"{target!r}: {exc} (RFC 8707 section 2)") from None
+        if mode == "enforce" and not is_under(canonical, public_url):
+            raise ConfigError(
+                key,
+                f"{target!r} is enforced but not on public_url {public_url}, so the sidecar "
+                "never sees its requests; use mode=metadata-only where the resource checks "
+                "tokens itself",
+            )
+        resources.append(
+            Resource(url=canonical, mode=mode, scopes=scopes, scopes_supported=supported)
+        )
+    urls = [r.url for r in resources]
+    for url in urls:
+        if urls.count(url) > 1:
+            raise ConfigError(key, f"{url} is listed twice")
     return tuple(resources)
+
+
+def _as_scope_includes(key: str, value: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """A TOML table ``{ "mcp:admin" = ["mcp:read"] }``, or in the environment
+    ``mcp:admin=mcp:read mcp:write, other=...``."""
+    pairs: dict[str, tuple[str, ...]] = {}
+    if isinstance(value, dict):
+        for scope, included in value.items():
+            pairs[str(scope)] = _as_scope_list(key, included)
+    elif isinstance(value, str):
+        for item in _as_list(key, value):
+            scope, sep, included = item.partition("=")
+            if not sep or not scope.strip():
+                raise ConfigError(key, f"{item!r} must look like scope=included other")
+            pairs[scope.strip()] = tuple(included.split())
+    else:
+        raise ConfigError(key, f"must be a table of scope = [included scopes], got {value!r}")
+    return tuple(pairs.items())
+
+
+def _is_loopback_url(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _build(raw: Mapping[str, Any]) -> Settings:
@@ -363,17 +460,18 @@ def _build(raw: Mapping[str, Any]) -> Settings:
     else:
         shown_host = f"[{host}]" if ":" in host else host
         shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else shown_host
-        values["public_url"] = f"http://{shown_host}:{port}"
+        try:
+            values["public_url"] = canonical_url(f"http://{shown_host}:{port}")
+        except InvalidURL:
+            raise ConfigError("host", f"is not a host name or address: {host!r}") from None
     public_url = values["public_url"]
 
     if "issuer" in raw and str(raw["issuer"]).strip():
-        issuer = _as_str("issuer", raw["issuer"]).rstrip("/")
-        parts = urlsplit(issuer)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError("issuer", f"must be an http(s) URL, got {issuer!r}")
-        if parts.query or parts.fragment:
-            raise ConfigError("issuer", "must not have a query or fragment (RFC 8414 section 2)")
-        if parts.path != "/oauth":
+        try:
+            issuer = canonical_url(_as_str("issuer", raw["issuer"]))
+        except InvalidURL as exc:
+            raise ConfigError("issuer", f"{exc} (RFC 8414 section 2)") from None
+        if urlsplit(issuer).path != "/oauth":
             raise ConfigError(
                 "issuer", f"must be <origin>/oauth, the sidecar's namespace, got {issuer!r}"
             )
@@ -402,6 +500,22 @@ def _build(raw: Mapping[str, Any]) -> Settings:
     take("pending_authorization_ttl", lambda k, v: _as_int(k, v, 1, 3600))
     if "scopes" in raw:
         values["scopes"] = tuple(_as_list("scopes", raw["scopes"]))
+    # A scope a resource requires or offers is one the server offers: else a
+    # client that asks for what the 401 names could never get it.
+    scopes = values.get("scopes", defaults.scopes)
+    for resource in values.get("resources", ()):
+        scopes += tuple(s for s in resource.advertised_scopes if s not in scopes)
+    values["scopes"] = scopes
+    if "scope_includes" in raw:
+        includes = _as_scope_includes("scope_includes", raw["scope_includes"])
+        for scope, included in includes:
+            for name in (scope, *included):
+                if name not in scopes:
+                    raise ConfigError(
+                        "scope_includes",
+                        f"{name!r} is not a scope the server offers (scopes, or a resource's)",
+                    )
+        values["scope_includes"] = includes
     if "default_scopes" in raw:
         values["default_scopes"] = tuple(_as_list("default_scopes", raw["default_scopes"]))
     take("registration_rate_limit", lambda k, v: _as_int(k, v, 0))
@@ -423,6 +537,27 @@ def _build(raw: Mapping[str, Any]) -> Settings:
             raise ConfigError("identity_header_prefix", "must be letters, digits and dashes")
         values["identity_header_prefix"] = prefix
     take("revocation_cache_seconds", lambda k, v: _as_float(k, v, 0.0))
+    if "gateway_cors_origins" in raw:
+        origins = _as_list("gateway_cors_origins", raw["gateway_cors_origins"])
+        try:
+            values["gateway_cors_origins"] = tuple(
+                o if o == "*" else canonical_url(o, allow_path=False) for o in origins
+            )
+        except InvalidURL as exc:
+            raise ConfigError(
+                "gateway_cors_origins", f"each must be an origin or *: {exc}"
+            ) from None
+    take("allow_insecure_http", _as_bool)
+    if not values.get("allow_insecure_http", defaults.allow_insecure_http):
+        for key in ("public_url", "issuer"):
+            url = values[key]
+            if url.startswith("http://") and not _is_loopback_url(url):
+                raise ConfigError(
+                    key,
+                    f"{url} is plain http on a host that is not loopback; MCP clients need "
+                    "https for every authorization server endpoint (set allow_insecure_http "
+                    "= true, SIDECAR_ALLOW_INSECURE_HTTP, only for a private test network)",
+                )
     if "cimd_allowed_hosts" in raw:
         values["cimd_allowed_hosts"] = tuple(
             h.lower() for h in _as_list("cimd_allowed_hosts", raw["cimd_allowed_hosts"])

@@ -62,7 +62,7 @@ def test_resources_accept_paths_under_the_public_url() -> None:
     s = load_settings(
         env={
             "SIDECAR_PUBLIC_URL": "https://app.test",
-            "SIDECAR_RESOURCES": "/api/mcp, https://other.test/mcp/",
+            "SIDECAR_RESOURCES": "/api/mcp, https://other.test/mcp/;mode=metadata-only",
         }
     )
     assert [r.url for r in s.resources] == ["https://app.test/api/mcp", "https://other.test/mcp"]
@@ -166,3 +166,111 @@ def test_a_store_url_the_backend_cannot_use_stops_start_up_with_one_line() -> No
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("sidecar: configuration error: store_url (SIDECAR_STORE_URL):")
+
+
+# -- fail closed: canonical URLs, resources that could not be guarded, scopes --
+
+
+def test_a_mixed_case_public_url_and_its_resources_share_one_canonical_form() -> None:
+    s = load_settings(
+        env={"SIDECAR_PUBLIC_URL": "http://LocalHost:18555", "SIDECAR_RESOURCES": "/api/mcp"}
+    )
+    assert s.public_url == "http://localhost:18555"
+    assert s.issuer == "http://localhost:18555/oauth"
+    assert s.resources[0].url == "http://localhost:18555/api/mcp"
+    assert s.on_public_origin(s.resources[0])
+
+
+def test_an_absolute_resource_in_another_spelling_of_the_public_url_is_on_it() -> None:
+    s = load_settings(
+        env={
+            "SIDECAR_PUBLIC_URL": "https://app.example.com",
+            "SIDECAR_RESOURCES": "HTTPS://App.Example.com:443/api/mcp",
+        }
+    )
+    assert s.resources[0].url == "https://app.example.com/api/mcp"
+    assert s.on_public_origin(s.resources[0])
+
+
+def test_an_enforced_resource_on_another_origin_stops_start_up() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(
+            env={
+                "SIDECAR_PUBLIC_URL": "https://app.example.com",
+                "SIDECAR_RESOURCES": "https://mcp.example.com/mcp",
+            }
+        )
+    assert err.value.key == "resources"
+    assert "metadata-only" in err.value.message
+
+
+def test_a_resource_listed_twice_in_two_spellings_stops_start_up() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(
+            env={
+                "SIDECAR_PUBLIC_URL": "https://app.example.com",
+                "SIDECAR_RESOURCES": "/api/mcp, HTTPS://APP.example.com/api/mcp/",
+            }
+        )
+    assert err.value.key == "resources"
+
+
+def test_a_resources_scopes_are_offered_by_the_server() -> None:
+    s = load_settings(
+        env={
+            "SIDECAR_RESOURCES": "/api/mcp, /api/admin-mcp;scopes=mcp:admin",
+        }
+    )
+    assert "mcp:admin" in s.scopes
+    assert s.resources[1].advertised_scopes == ("mcp:admin",)
+    assert s.resources[0].advertised_scopes == ()
+
+
+def test_offline_access_is_not_a_resource_scope() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(env={"SIDECAR_RESOURCES": "/api/mcp;scopes_supported=offline_access"})
+    assert err.value.key == "resources"
+
+
+def test_scope_includes_read_from_toml_and_the_environment(tmp_path: Path) -> None:
+    env = {
+        "SIDECAR_RESOURCES": "/api/mcp;scopes=mcp:read;scopes_supported=mcp:admin",
+        "SIDECAR_SCOPE_INCLUDES": "mcp:admin=mcp:read",
+    }
+    s = load_settings(env=env)
+    assert s.expand_scopes(["mcp:admin"]) == {"mcp:admin", "mcp:read"}
+    config = tmp_path / "c.toml"
+    config.write_text(
+        'resources = ["/api/mcp;scopes=mcp:read mcp:write;scopes_supported=mcp:admin"]\n'
+        'scope_includes = { "mcp:admin" = ["mcp:write"], "mcp:write" = ["mcp:read"] }\n'
+    )
+    s = load_settings(config, env={})
+    assert s.expand_scopes(["mcp:admin"]) == {"mcp:admin", "mcp:write", "mcp:read"}
+
+
+def test_scope_includes_naming_a_scope_no_one_offers_stops_start_up() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(env={"SIDECAR_SCOPE_INCLUDES": "mcp:admin=mcp:read"})
+    assert err.value.key == "scope_includes"
+
+
+@pytest.mark.parametrize("key", ["public_url", "issuer"])
+def test_plain_http_off_loopback_stops_start_up_unless_allowed(key: str) -> None:
+    env = {"SIDECAR_PUBLIC_URL": "https://app.example.com"}
+    if key == "public_url":
+        env["SIDECAR_PUBLIC_URL"] = "http://app.example.com"
+    else:
+        env["SIDECAR_ISSUER"] = "http://auth.example.com/oauth"
+    with pytest.raises(ConfigError) as err:
+        load_settings(env=env)
+    assert err.value.key == key
+    assert "allow_insecure_http" in err.value.message
+    allowed = load_settings(env={**env, "SIDECAR_ALLOW_INSECURE_HTTP": "true"})
+    assert getattr(allowed, key).startswith("http://")
+
+
+@pytest.mark.parametrize(
+    "public_url", ["http://localhost:8080", "http://127.0.0.1:8080", "http://[::1]:8080"]
+)
+def test_plain_http_on_loopback_is_fine(public_url: str) -> None:
+    assert load_settings(env={"SIDECAR_PUBLIC_URL": public_url}).public_url == public_url

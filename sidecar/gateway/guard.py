@@ -5,7 +5,13 @@ of the sidecar's access tokens for exactly that resource: signature, issuer,
 audience, expiry, ``typ: at+jwt``, required scopes, and not revoked. A
 verified request goes upstream with its ``Authorization`` intact and the
 user's identity in headers; inbound headers with the identity prefix are
-stripped on every path by the proxy. ``OPTIONS`` preflights pass untouched.
+stripped on every path by the proxy.
+
+Which requests are guarded is decided on :func:`sidecar.urls.guard_path`, a
+folded form of the path (case, ``//``, ``..``, ``;``), so no spelling an app
+would route to the resource gets past. The gateway's own answers carry CORS
+headers and it answers CORS preflights on guarded paths itself, so a page on
+another origin can read the challenge and start discovery.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from sidecar.oauth.grants import Grants
 from sidecar.observability.metrics import token_event
 from sidecar.proxy.http import ProxyApp
 from sidecar.store import StoreUnavailable
+from sidecar.urls import guard_path
 
 log = structlog.get_logger("sidecar.gateway")
 CACHE_SIZE = 10_000
@@ -35,25 +42,59 @@ class Gateway:
         self.grants = grants
         self.proxy = proxy
         self.prefix = settings.identity_header_prefix.lower().encode("latin-1")
-        # Only resources served on our public origin can be guarded here.
+        # Only resources served on our public origin can be guarded here;
+        # the longest path wins where one resource lies below another.
         self.resources = sorted(
-            (
-                r
-                for r in settings.resources
-                if r.url.startswith(settings.public_url + "/") or r.url == settings.public_url
-            ),
-            key=lambda r: len(r.path),
+            ((guard_path(r.path), r) for r in settings.resources if settings.on_public_origin(r)),
+            key=lambda pair: len(pair[0]),
             reverse=True,
         )
+        self.cors_origins = settings.gateway_cors_origins
         # jti -> time until which its "not revoked" answer may be reused.
         self._verified: OrderedDict[str, float] = OrderedDict()
 
     def match(self, path: str) -> Resource | None:
-        for resource in self.resources:
-            base = resource.path.rstrip("/")
-            if path == base or path.startswith(base + "/") or base == "":
+        folded = guard_path(path)
+        for base, resource in self.resources:
+            if base == "/" or folded == base or folded.startswith(base + "/"):
                 return resource
         return None
+
+    def cors_headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
+        """Fetch standard: a browser lets a page read a cross-origin answer
+        (and its WWW-Authenticate) only with these."""
+        if not self.cors_origins:
+            return []
+        if "*" in self.cors_origins:
+            allowed = b"*"
+        else:
+            origin = _header(scope["headers"], b"origin")
+            if origin is None or origin.decode("latin-1").lower() not in self.cors_origins:
+                return [(b"vary", b"Origin")]
+            allowed = origin
+        headers = [
+            (b"access-control-allow-origin", allowed),
+            (b"access-control-expose-headers", b"WWW-Authenticate, Mcp-Session-Id"),
+        ]
+        if allowed != b"*":
+            headers.append((b"vary", b"Origin"))
+        return headers
+
+    async def preflight(self, scope: Scope, send: Send) -> None:
+        headers = self.cors_headers(scope)
+        if any(name == b"access-control-allow-origin" for name, _ in headers):
+            headers += [
+                (b"access-control-allow-methods", b"GET, POST, DELETE, OPTIONS"),
+                (
+                    b"access-control-allow-headers",
+                    b"Authorization, Content-Type, Accept, MCP-Protocol-Version, "
+                    b"Mcp-Session-Id, Last-Event-ID",
+                ),
+                (b"access-control-max-age", b"86400"),
+            ]
+        headers.append((b"content-length", b"0"))
+        await send({"type": "http.response.start", "status": 204, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
 
     def prm_url(self, resource: Resource) -> str:
         return (
@@ -64,31 +105,37 @@ class Gateway:
     async def __call__(
         self, resource: Resource, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        if resource.mode != "enforce" or scope["type"] != "http" or scope["method"] == "OPTIONS":
+        if resource.mode != "enforce" or scope["type"] != "http":
             await self.proxy(scope, receive, send)
             return
         scope["sidecar"].route = "gateway"
+        if scope["method"] == "OPTIONS" and _header(scope["headers"], b"origin") is not None:
+            # A CORS preflight carries no token by design (Fetch standard);
+            # answered here, it lets a browser client send the request whose
+            # 401 starts discovery. A plain OPTIONS still needs a token.
+            await self.preflight(scope, send)
+            return
         token = _bearer(scope["headers"])
         if token is None:
-            await self._challenge(send, resource, 401, None, "a bearer token is required")
+            await self._challenge(scope, send, resource, 401, None, "a bearer token is required")
             return
         try:
             claims = await self.verify(token, resource)
         except InvalidToken as exc:
-            await self._challenge(send, resource, 401, "invalid_token", exc.description)
+            await self._challenge(scope, send, resource, 401, "invalid_token", exc.description)
             return
         except StoreUnavailable:
             await send_json(
                 send,
                 503,
                 {"error": "temporarily_unavailable", "error_description": "try again shortly"},
-                [(b"retry-after", b"5")],
+                [(b"retry-after", b"5"), *self.cors_headers(scope)],
             )
             return
-        granted = set(claims.get("scope", "").split())
+        granted = self.settings.expand_scopes(claims.get("scope", "").split())
         if not set(resource.scopes) <= granted:
             await self._challenge(
-                send, resource, 403, "insufficient_scope", "the token lacks a required scope"
+                scope, send, resource, 403, "insufficient_scope", "the token lacks a required scope"
             )
             return
         p = self.settings.identity_header_prefix
@@ -97,6 +144,9 @@ class Gateway:
             (f"{p}Client-Id".lower(), str(claims["client_id"])),
             (f"{p}Scopes".lower(), claims.get("scope", "")),
         ]
+        # The answer of a verified request is readable by the page that sent
+        # it, as the preflight promised, unless the app says otherwise.
+        scope["sidecar_cors"] = self.cors_headers(scope)
         await self.proxy(scope, receive, send)
 
     async def verify(self, token: str, resource: Resource) -> dict[str, Any]:
@@ -114,20 +164,38 @@ class Gateway:
         return claims
 
     async def _challenge(
-        self, send: Send, resource: Resource, status: int, error: str | None, description: str
+        self,
+        scope: Scope,
+        send: Send,
+        resource: Resource,
+        status: int,
+        error: str | None,
+        description: str,
     ) -> None:
         """RFC 6750 section 3 and RFC 9728 section 5.1: tell the client where
-        the resource's metadata is, and which scopes it needs."""
+        the resource's metadata is, and which scopes it needs. A 401 names
+        every scope the resource offers (what a client should ask for); a 403
+        the ones every token must carry (SEP-2350: all the operation needs)."""
         parts = [f'resource_metadata="{self.prm_url(resource)}"']
-        if resource.scopes:
-            parts.append(f'scope="{" ".join(resource.scopes)}"')
+        named = resource.scopes if status == 403 else resource.advertised_scopes
+        if named:
+            parts.append(f'scope="{" ".join(named)}"')
         if error:
             parts.append(f'error="{error}"')
             parts.append(f'error_description="{description}"')
         header = ("Bearer " + ", ".join(parts)).encode("latin-1")
         token_event("refused", f"gateway_{error or 'no_token'}")
         body = {"error": error or "unauthorized", "error_description": description}
-        await send_json(send, status, body, [(b"www-authenticate", header)])
+        await send_json(
+            send, status, body, [(b"www-authenticate", header), *self.cors_headers(scope)]
+        )
+
+
+def _header(headers: list[tuple[bytes, bytes]], wanted: bytes) -> bytes | None:
+    for name, value in headers:
+        if name == wanted:
+            return value
+    return None
 
 
 def _bearer(headers: list[tuple[bytes, bytes]]) -> str | None:

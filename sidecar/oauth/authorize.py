@@ -20,9 +20,9 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from sidecar.config import Settings
+from sidecar.config import Resource, Settings
 from sidecar.oauth import pkce
-from sidecar.oauth.clients import Client, ClientRegistry, redirect_uri_matches
+from sidecar.oauth.clients import Client, ClientRegistry, is_loopback, redirect_uri_matches
 from sidecar.oauth.errors import (
     ConsentRequired,
     InvalidRequest,
@@ -39,6 +39,7 @@ from sidecar.proxy.upstream import UpstreamError
 from sidecar.session import SessionBridge
 from sidecar.session.bridge import SessionLookup
 from sidecar.store import Store, StoreUnavailable
+from sidecar.urls import InvalidURL, canonical_url
 
 log = structlog.get_logger("sidecar.oauth")
 
@@ -185,12 +186,13 @@ class AuthorizationEndpoint:
                 400,
                 "invalid_request",
             )
-        # From here on, errors go back to the client.
+        # From here on, errors go back to the client, if its redirect URI
+        # can be trusted with them (refuse()).
         pending: dict[str, Any] = {"redirect_uri": redirect_uri, "state": params.get("state")}
         try:
             pending.update(self.validate(params, client))
         except OAuthError as exc:
-            return self.error_to_client(pending, exc)
+            return await self.refuse(request, pending, client, exc)
         request_id = secrets.token_urlsafe(32)
         pending.update(
             request_id=request_id,
@@ -226,8 +228,8 @@ class AuthorizationEndpoint:
         state = params.get("state")
         if state is not None and len(state) > MAX_STATE:
             raise InvalidRequest("state is too long")
-        scope = self.scopes_for(params.get("scope"), client)
         resource = self.resource_for(params.get("resource"))
+        scope = self.scopes_for(params.get("scope"), client, self.resources[resource])
         prompt = set((params.get("prompt") or "").split())
         if not prompt <= {"none", "login", "consent", "select_account"}:
             raise InvalidRequest("unsupported prompt value")
@@ -244,31 +246,102 @@ class AuthorizationEndpoint:
             "nonce": nonce,
         }
 
-    def scopes_for(self, requested: str | None, client: Client) -> list[str]:
-        allowed = client.allowed_scopes(self.settings.scopes)
+    @property
+    def resources(self) -> dict[str, Resource]:
+        known = {r.url: r for r in self.settings.resources}
+        known.setdefault(self.settings.default_resource.url, self.settings.default_resource)
+        return known
+
+    def offered_scopes(self, resource: Resource) -> set[str]:
+        """What the server offers for one resource: its own scopes (and what
+        they include), and the server-wide ones that belong to no resource."""
+        shared = set(self.settings.scopes) - self.settings.resource_scopes()
+        return shared | self.settings.expand_scopes(resource.advertised_scopes)
+
+    def scopes_for(self, requested: str | None, client: Client, resource: Resource) -> list[str]:
+        """Step-up (MCP 2026-07-28, SEP-2350): a client re-authorizes with the
+        union of what it had and what a challenge named, under its first
+        registration, so the registration's ``scope`` is what it expected to
+        ask for, not a ceiling; only an operator's pre-registered client is
+        pinned to its list. A scope of another resource is not granted here
+        (RFC 6749 section 3.3 lets the server grant less than asked)."""
+        offered = self.offered_scopes(resource)
+        pinned = client.allowed_scopes(self.settings.scopes) if client.pins_scopes else None
+        if pinned is not None:
+            offered &= pinned
         if requested is None or not requested.strip():
-            return sorted(set(self.settings.default_scopes) & allowed)
-        wanted = requested.split()
+            wanted = [*self.settings.default_scopes, *resource.scopes]
+            return [s for s in dict.fromkeys(wanted) if s in offered]
+        wanted = list(dict.fromkeys(requested.split()))
         unknown = set(wanted) - set(self.settings.scopes)
         if unknown:
             raise InvalidScope(f"unknown scope {' '.join(sorted(unknown))}")
-        if not set(wanted) <= allowed:
+        if pinned is not None and not set(wanted) <= pinned:
             raise InvalidScope("scope not allowed for this client")
-        return list(dict.fromkeys(wanted))
+        return [s for s in wanted if s in offered]
 
     def resource_for(self, requested: str | None) -> str:
-        """RFC 8707: one of the configured resources; absent means the default."""
+        """RFC 8707: one of the configured resources; absent means the default.
+        Compared in canonical form (an uppercase scheme or host is accepted,
+        as MCP 2026-07-28 asks)."""
         if requested is None or not requested.strip():
             return self.settings.default_resource.url
         values = set(requested.split())
         if len(values) != 1:
             raise InvalidTarget("one resource per authorization")
-        value = values.pop()
-        canonical = value.rstrip("/")  # resources are kept without a trailing slash
-        known = {r.url for r in self.settings.resources} | {self.settings.default_resource.url}
-        if "#" in value or canonical not in known:
+        try:
+            canonical = canonical_url(values.pop())
+        except InvalidURL:
+            raise InvalidTarget("resource must be an absolute URL without a fragment") from None
+        if canonical not in self.resources:
             raise InvalidTarget("resource is not one this server issues tokens for")
         return canonical
+
+    # -- errors that may go back to the client ------------------------------------
+
+    async def redirect_trusted(self, request: Request, client: Client, redirect_uri: str) -> bool:
+        """OAuth 2.1 section 7.12.2, RFC 9700 section 4.11.2: redirect an error
+        only where the redirect URI can be trusted, or the sidecar's origin
+        becomes an open redirector for anyone who can register a client. A
+        loopback or private-use redirect stays on the person's machine; an
+        operator's pre-registered client is trusted; so is a client this
+        person has already approved."""
+        parts = urlsplit(redirect_uri)
+        if parts.scheme not in ("http", "https") or is_loopback(parts.hostname):
+            return True
+        if client.source == "cli":
+            return True
+        try:
+            session = await self.who(request)
+        except UpstreamError:
+            return False
+        if session.user is None:
+            return False
+        return await self.grants.has_approved(session.user.sub, client.client_id)
+
+    async def refuse(
+        self,
+        request: Request,
+        pending: dict[str, Any],
+        client: Client,
+        exc: OAuthError,
+        cookies: list[bytes] | None = None,
+    ) -> Response:
+        try:
+            trusted = await self.redirect_trusted(request, client, pending["redirect_uri"])
+        except StoreUnavailable:
+            return unavailable()
+        if trusted:
+            return self.error_to_client(pending, exc, cookies)
+        return page(
+            "refused.html",
+            400,
+            cookies,
+            client_name=client.client_name or client.client_id,
+            redirect_host=_redirect_host(pending["redirect_uri"]),
+            error=exc.error,
+            description=exc.description,
+        )
 
     # -- the user ---------------------------------------------------------------
 
@@ -311,8 +384,12 @@ class AuthorizationEndpoint:
             if session.user is None:
                 if "none" in prompt:
                     await self.store.delete(PENDING, pending["request_id"])
-                    return self.error_to_client(
-                        pending, LoginRequired("the user is not signed in"), session.set_cookies
+                    return await self.refuse(
+                        request,
+                        pending,
+                        client,
+                        LoginRequired("the user is not signed in"),
+                        session.set_cookies,
                     )
                 return self.login_redirect(pending, session.set_cookies)
             user = session.user
@@ -328,8 +405,12 @@ class AuthorizationEndpoint:
                 return await self.approve(pending, user, session.set_cookies)
             if "none" in prompt:
                 await self.store.delete(PENDING, pending["request_id"])
-                return self.error_to_client(
-                    pending, ConsentRequired("consent is needed"), session.set_cookies
+                return await self.refuse(
+                    request,
+                    pending,
+                    client,
+                    ConsentRequired("consent is needed"),
+                    session.set_cookies,
                 )
             pending["sub"] = user.sub
             await self.save(pending)
@@ -339,8 +420,14 @@ class AuthorizationEndpoint:
                 "Sign-in is unavailable for a moment; try again shortly.",
                 503,
             )
+        try:
+            allowed = await self.grants.consented_scopes(
+                user.sub, client.client_id, pending["resource"]
+            )
+        except StoreUnavailable:
+            return unavailable()
         return self.consent_page(
-            pending, client, user.email or user.name or user.sub, session.set_cookies
+            pending, client, user.email or user.name or user.sub, session.set_cookies, allowed
         )
 
     async def save(self, pending: dict[str, Any]) -> None:
@@ -350,17 +437,34 @@ class AuthorizationEndpoint:
         await self.store.put(PENDING, pending["request_id"], pending, ttl=remaining)
 
     def consent_page(
-        self, pending: dict[str, Any], client: Client, user_label: str, cookies: list[bytes]
+        self,
+        pending: dict[str, Any],
+        client: Client,
+        user_label: str,
+        cookies: list[bytes],
+        allowed: set[str] | None = None,
     ) -> Response:
+        """Step-up asks only for what is new; what the person allowed before
+        is listed apart."""
+        allowed = allowed or set()
+        new = [s for s in pending["scope"] if s not in allowed]
+        kept = [s for s in pending["scope"] if s in allowed]
         return page(
             "consent.html",
             cookies=cookies,
             client_name=client.client_name or client.client_id,
             client_uri=client.client_uri,
-            redirect_host=urlsplit(pending["redirect_uri"]).netloc
-            or urlsplit(pending["redirect_uri"]).scheme + ":",
-            scope_lines=[SCOPE_WORDS.get(s, s) for s in pending["scope"]]
-            or ["Act on your behalf on this service"],
+            # CIMD: the document's host is what vouches for the name, so the
+            # person sees it beside the name; a document whose every redirect
+            # is localhost could have been published by anyone.
+            document_host=urlsplit(client.client_id).hostname if client.source == "cimd" else None,
+            only_localhost=client.source == "cimd"
+            and all(is_loopback(urlsplit(u).hostname) for u in client.redirect_uris),
+            unverified=client.source == "dcr",
+            redirect_host=_redirect_host(pending["redirect_uri"]),
+            scope_lines=[SCOPE_WORDS.get(s, s) for s in new]
+            or (["Act on your behalf on this service"] if not kept else []),
+            kept_lines=[SCOPE_WORDS.get(s, s) for s in kept],
             resource=pending["resource"],
             user_label=user_label,
             action=f"{self.settings.public_url}/oauth/consent",
@@ -480,3 +584,8 @@ class AuthorizationEndpoint:
                 "Sign-in is unavailable for a moment; try again shortly.",
                 503,
             )
+
+
+def _redirect_host(redirect_uri: str) -> str:
+    parts = urlsplit(redirect_uri)
+    return parts.netloc or parts.scheme + ":"

@@ -1,10 +1,13 @@
 """Client ID Metadata Documents: a ``client_id`` that is an https URL names
-a JSON document describing the client (MCP authorization, 2025-11-25).
+a JSON document describing the client (MCP authorization, 2025-11-25, and the
+CIMD drafts after it): ``client_id``, ``client_name`` and ``redirect_uris``
+required; no dot segments, user information or fragment in the URL; no HTTP
+redirects followed; ``application/json`` only.
 
 The fetch is an outbound request chosen by a stranger, so it is guarded
 against SSRF: https only, public addresses only (checked on the addresses the
-connection actually uses, so DNS rebinding cannot slip past), no redirects to
-other hosts, a size limit and a timeout. ``cimd_allowed_hosts`` lifts the
+connection actually uses, so DNS rebinding cannot slip past), no redirects, a
+size limit and a timeout. ``cimd_allowed_hosts`` lifts the
 https and address rules for named hosts (tests, development). Documents are
 cached in the store per their Cache-Control, so replicas share them.
 """
@@ -16,7 +19,7 @@ import json
 import re
 import socket
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import structlog
@@ -33,7 +36,6 @@ log = structlog.get_logger("sidecar.oauth")
 NS = "cimd"
 MAX_BYTES = 16 * 1024
 TIMEOUT = 5.0
-MAX_REDIRECTS = 3
 DEFAULT_TTL, MIN_TTL, MAX_TTL = 300, 0, 86400
 
 
@@ -115,8 +117,11 @@ class MetadataDocuments:
     def check_url(self, url: str) -> None:
         parts = urlsplit(url)
         host = (parts.hostname or "").lower()
-        if parts.username or parts.password or parts.fragment:
+        if parts.username or parts.password or "@" in parts.netloc or "#" in url:
             raise MetadataDocumentError("client_id URL must not carry credentials or a fragment")
+        segments = unquote(parts.path).split("/")
+        if "." in segments or ".." in segments:
+            raise MetadataDocumentError("client_id URL must not have dot segments")
         if host in self.allowed:
             return
         if parts.scheme != "https":
@@ -149,41 +154,43 @@ class MetadataDocuments:
     async def fetch(self, url: str) -> tuple[Any, int]:
         if self._session is None:
             raise MetadataDocumentError("metadata documents are not enabled")
-        origin = urlsplit(url)
-        target = url
-        for _ in range(MAX_REDIRECTS + 1):
-            self.check_url(target)
-            try:
-                async with self._session.get(
-                    URL(target), allow_redirects=False, headers={"Accept": "application/json"}
-                ) as response:
-                    if response.status in (301, 302, 303, 307, 308):
-                        target = urljoin(target, response.headers.get("Location", ""))
-                        moved = urlsplit(target)
-                        if (moved.scheme, moved.netloc) != (origin.scheme, origin.netloc):
-                            raise MetadataDocumentError("redirect to another host refused")
-                        continue
-                    if response.status != 200:
-                        raise MetadataDocumentError(f"document answered {response.status}")
-                    body = bytearray()
-                    async for chunk in response.content.iter_chunked(4096):
-                        body += chunk
-                        if len(body) > MAX_BYTES:
-                            raise MetadataDocumentError(f"document larger than {MAX_BYTES} bytes")
-                    ttl = cache_ttl(response.headers.get("Cache-Control"))
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                raise MetadataDocumentError(f"cannot fetch: {exc}") from None
-            try:
-                return json.loads(body), ttl
-            except (ValueError, UnicodeDecodeError):
-                raise MetadataDocumentError("document is not JSON") from None
-        raise MetadataDocumentError("too many redirects")
+        self.check_url(url)
+        try:
+            async with self._session.get(
+                URL(url, encoded=True),
+                allow_redirects=False,
+                headers={"Accept": "application/json"},
+            ) as response:
+                if 300 <= response.status < 400:
+                    # Later CIMD drafts: the document is at its own URL or nowhere.
+                    raise MetadataDocumentError("the document URL redirects; redirects are refused")
+                if response.status != 200:
+                    raise MetadataDocumentError(f"document answered {response.status}")
+                if response.content_type != "application/json":
+                    raise MetadataDocumentError(
+                        f"document is {response.content_type or 'untyped'}, not application/json"
+                    )
+                body = bytearray()
+                async for chunk in response.content.iter_chunked(4096):
+                    body += chunk
+                    if len(body) > MAX_BYTES:
+                        raise MetadataDocumentError(f"document larger than {MAX_BYTES} bytes")
+                ttl = cache_ttl(response.headers.get("Cache-Control"))
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise MetadataDocumentError(f"cannot fetch: {exc}") from None
+        try:
+            return json.loads(body), ttl
+        except (ValueError, UnicodeDecodeError):
+            raise MetadataDocumentError("document is not JSON") from None
 
     def validate(self, url: str, document: Any) -> Client:
         if not isinstance(document, dict):
             raise MetadataDocumentError("document is not a JSON object")
         if document.get("client_id") != url:
             raise MetadataDocumentError("document client_id differs from its URL")
+        name = document.get("client_name")
+        if not isinstance(name, str) or not name.strip():
+            raise MetadataDocumentError("document has no client_name")
         method = document.get("token_endpoint_auth_method") or "none"
         if method != "none":
             raise MetadataDocumentError("only public clients (none) are supported by documents")

@@ -49,6 +49,12 @@ class Client:
     def is_public(self) -> bool:
         return self.token_endpoint_auth_method == "none"
 
+    @property
+    def pins_scopes(self) -> bool:
+        """An operator's pre-registered client with a scope list is held to
+        it; a self-registered one may step up beyond what it registered."""
+        return self.source == "cli" and self.scope is not None
+
     def allowed_scopes(self, supported: tuple[str, ...]) -> set[str]:
         if self.scope is None:
             return set(supported)

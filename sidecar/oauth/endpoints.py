@@ -13,7 +13,7 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from sidecar.config import Settings
+from sidecar.config import Resource, Settings
 from sidecar.keys import KeySet
 from sidecar.oauth import pkce
 from sidecar.oauth.clients import (
@@ -42,6 +42,7 @@ from sidecar.oauth.params import form_params, read_body
 from sidecar.oauth.ratelimit import RateLimiter, client_ip
 from sidecar.observability.metrics import token_event
 from sidecar.store import Store, StoreUnavailable
+from sidecar.urls import InvalidURL, canonical_url
 
 log = structlog.get_logger("sidecar.oauth")
 
@@ -153,7 +154,7 @@ class OAuthEndpoints:
         if not pkce.verify(verifier, details["code_challenge"]):
             raise InvalidGrant("code_verifier does not match the code_challenge")
         resource = form.get("resource")
-        if resource and resource.rstrip("/") != details["resource"].rstrip("/"):
+        if resource and _canonical_or_none(resource) != details["resource"]:
             raise InvalidTarget("resource differs from the one the user consented to")
         await self.grants.start_grant(details["grant_id"], {**details, **details["user"]})
         return await self.grants.issue(
@@ -182,7 +183,7 @@ class OAuthEndpoints:
                 raise InvalidScope("a refresh may only narrow the scope")
             scope = narrowed
         resource = form.get("resource")
-        if resource and resource.rstrip("/") != record["resource"].rstrip("/"):
+        if resource and _canonical_or_none(resource) != record["resource"]:
             raise InvalidTarget("a refresh token keeps its resource")
         return await self.grants.issue(
             grant_id=record["grant_id"],
@@ -336,14 +337,24 @@ class OAuthEndpoints:
             "prompt_values_supported": ["none", "login", "consent"],
         }
 
-    def protected_resource_metadata(self, resource: str) -> dict[str, Any]:
-        """RFC 9728 section 2."""
+    def protected_resource_metadata(self, resource: Resource) -> dict[str, Any]:
+        """RFC 9728 section 2. ``scopes_supported`` is the resource's own set
+        (MCP 2026-07-28: the minimal set for basic functionality, never
+        offline_access), not the server's whole list: clients ask for all of
+        it when a challenge names no scope."""
         return {
-            "resource": resource,
+            "resource": resource.url,
             "authorization_servers": [self.settings.issuer],
-            "scopes_supported": list(self.settings.scopes),
+            "scopes_supported": list(resource.advertised_scopes),
             "bearer_methods_supported": ["header"],
         }
+
+
+def _canonical_or_none(url: str) -> str | None:
+    try:
+        return canonical_url(url)
+    except InvalidURL:
+        return None
 
 
 def document(data: dict[str, Any], max_age: int) -> Handler:

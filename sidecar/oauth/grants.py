@@ -273,8 +273,17 @@ class Grants:
     async def remembered_consent(
         self, sub: str, client_id: str, resource: str, scope: list[str]
     ) -> bool:
+        return set(scope) <= await self.consented_scopes(sub, client_id, resource)
+
+    async def consented_scopes(self, sub: str, client_id: str, resource: str) -> set[str]:
+        """What this person already allowed this client on this resource
+        (with what those scopes include)."""
         record = await self.store.get(CONSENTS, self._consent_key(sub, client_id, resource))
-        return record is not None and set(scope) <= set(record.get("scope", []))
+        return self.settings.expand_scopes(record.get("scope", [])) if record else set()
+
+    async def has_approved(self, sub: str, client_id: str) -> bool:
+        """Whether this person has ever approved this client (any resource)."""
+        return await self.store.get(CONSENTS, digest(f"{sub}\x00{client_id}")) is not None
 
     async def remember_consent(
         self, sub: str, client_id: str, resource: str, scope: list[str]
@@ -283,6 +292,9 @@ class Grants:
         existing = await self.store.get(CONSENTS, key) or {}
         merged = sorted(set(existing.get("scope", [])) | set(scope))
         await self.store.put(CONSENTS, key, {"scope": merged}, ttl=CONSENT_TTL)
+        await self.store.put(
+            CONSENTS, digest(f"{sub}\x00{client_id}"), {"approved": True}, ttl=CONSENT_TTL
+        )
 
 
 def user_claims(user: dict[str, Any], scope: list[str]) -> dict[str, Any]:

@@ -159,17 +159,17 @@ class ProxyApp:
         ctx.upstream_ms = round(upstream_seconds * 1000, 3)
         UPSTREAM_SECONDS.observe(upstream_seconds)
 
+        headers = client_response_headers(
+            response.raw_headers,
+            upstream_origin=self.upstream_origin,
+            public_origin=self.public_origin,
+        )
+        if cors := scope.get("sidecar_cors"):
+            present = {name for name, _ in headers}
+            headers.extend((name, value) for name, value in cors if name not in present)
         try:
             await send(
-                {
-                    "type": "http.response.start",
-                    "status": response.status,
-                    "headers": client_response_headers(
-                        response.raw_headers,
-                        upstream_origin=self.upstream_origin,
-                        public_origin=self.public_origin,
-                    ),
-                }
+                {"type": "http.response.start", "status": response.status, "headers": headers}
             )
             if scope["method"] != "HEAD":
                 async for chunk in response.iter_body():

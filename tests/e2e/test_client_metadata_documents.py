@@ -67,6 +67,17 @@ class DocumentServer:
             doc["padding"] = "x" * 20_000
         elif path.startswith("/redirect-other"):
             return 302, {"Location": f"http://127.0.0.1:{self.port}/client.json"}, b""
+        elif path.startswith("/redirect-same"):
+            # Even to the same host: later CIMD drafts forbid following any.
+            return 302, {"Location": f"http://localhost:{self.port}/client.json"}, b""
+        elif path.startswith("/nameless"):
+            del doc["client_name"]
+        elif path.startswith("/noredirects"):
+            del doc["redirect_uris"]
+        elif path.startswith("/text"):
+            cache["Content-Type"] = "text/plain"
+        elif path.startswith("/remote"):
+            doc["redirect_uris"] = ["https://app.docs.example/callback"]
         elif path.startswith("/missing"):
             return 404, {}, b""
         return 200, cache, json.dumps(doc).encode()
@@ -102,6 +113,12 @@ def test_a_document_client_completes_the_flow_and_is_shown_escaped(
     assert "Docs &lt;b&gt;App&lt;/b&gt;" in page.text
     assert "<b>App</b>" not in page.text
     assert "127.0.0.1:43210" in page.text  # the redirect host
+    # The host that published the document stands beside the name, and a
+    # document whose every redirect is localhost is flagged.
+    assert (
+        '<strong>Docs &lt;b&gt;App&lt;/b&gt;</strong> <span class="muted">(localhost)' in page.text
+    )
+    assert "on this computer (localhost)" in page.text
     code = query_of(browser.consent(page).headers["location"])["code"]
     tokens = client.exchange(code)
     assert tokens.status_code == 200, tokens.text
@@ -127,6 +144,10 @@ def test_documents_are_cached_per_their_cache_control(
         "/javascript.json",
         "/big.json",
         "/redirect-other.json",
+        "/redirect-same.json",
+        "/nameless.json",
+        "/noredirects.json",
+        "/text.json",
         "/missing.json",
     ],
 )
@@ -149,6 +170,10 @@ def test_unusable_documents_are_refused_with_a_page(
         "https://10.1.2.3/client.json",  # private range: never contacted
         "https://169.254.169.254/latest/meta-data",  # cloud metadata address
         "https://user:pw@docs.example/client.json",
+        "http://localhost:{port}/a/../client.json",  # dot segments
+        "http://localhost:{port}/a/%2e%2e/client.json",
+        "http://localhost:{port}/./client.json",
+        "http://localhost:{port}/client.json#frag",
     ],
 )
 def test_ssrf_targets_are_refused_without_a_fetch(
@@ -172,3 +197,17 @@ async def test_names_that_resolve_to_private_addresses_are_refused(anyio_backend
     assert await allowed.resolve("localhost", 443)
     await resolver.close()
     await allowed.close()
+
+
+def test_a_document_with_a_remote_redirect_is_not_flagged_as_localhost_only(
+    oauth_stack: Stack, browser: Browser, documents: DocumentServer
+) -> None:
+    client = OAuthClient(
+        oauth_stack.sidecar.url,
+        client_id=documents.url("/remote.json"),
+        redirect_uri="https://app.docs.example/callback",
+    )
+    page = browser.get(client.authorize_url())
+    assert page.status_code == 200, page.text
+    assert "Described by a document published at <strong>localhost</strong>" in page.text
+    assert "on this computer (localhost)" not in page.text

@@ -144,13 +144,17 @@ def test_a_revocation_on_another_process_is_honored_within_seconds(
     assert status == 401
 
 
-def test_preflights_pass_without_a_token(oauth_stack: Stack) -> None:
+def test_preflights_are_answered_without_a_token(oauth_stack: Stack) -> None:
     r = httpx.options(
         oauth_stack.sidecar.url + "/api/mcp",
         headers={"Origin": "https://x.test", "Access-Control-Request-Method": "POST"},
     )
-    assert r.status_code == 204  # the app's own answer, not the sidecar's challenge
+    # The gateway's own answer (a preflight carries no token by design), so
+    # that the request whose 401 starts discovery can be sent at all.
+    assert r.status_code == 204
     assert "www-authenticate" not in r.headers
+    assert r.headers["access-control-allow-origin"] == "*"
+    assert "Authorization" in r.headers["access-control-allow-headers"]
 
 
 def test_metadata_only_resources_pass_untouched_and_the_app_verifies_with_the_jwks(

@@ -122,6 +122,11 @@ async def test_the_mcp_sdk_client_goes_from_the_bare_url_to_a_tool_call_and_refr
         assert seen["iss"] == f"{base}/oauth"
         assert "prompt=consent" in seen["authorize"]
         assert "resource=" in seen["authorize"]
+        # The resource needs no scope, so its metadata names none, and the SDK
+        # asks only for offline_access (which it adds when the server offers
+        # it), not for the server's whole list.
+        asked = parse_qs(urlsplit(seen["authorize"]).query)["scope"][0]
+        assert asked.split() == ["offline_access"]
         first = storage.tokens
         assert first is not None
         assert first.refresh_token
@@ -140,5 +145,72 @@ async def test_the_mcp_sdk_client_goes_from_the_bare_url_to_a_tool_call_and_refr
     userinfo = httpx.get(
         f"{base}/oauth/userinfo", headers={"Authorization": f"Bearer {storage.tokens.access_token}"}
     )
-    assert userinfo.json()["email"] == browser.email
+    # No email scope was asked for, so userinfo names the person and no more.
+    assert userinfo.json() == {"sub": user_id}
     assert browser.get("/api/auth/convex/token").status_code == 200
+
+
+async def test_the_readme_resources_example_reaches_both_resources_with_step_up() -> None:
+    """SIDECAR_RESOURCES exactly as the README shows it, from the bare MCP
+    URLs to tool calls with the SDK client. The 403 step-up is produced the
+    way it happens in production: an operator starts requiring a scope the
+    client's token lacks; the client re-authorizes under its first
+    registration with the union of its scopes, and the person is asked only
+    for what is new."""
+    from tests.e2e.conftest import start_stack
+    from tests.e2e.test_mcp_authorization_rules import README_RESOURCES
+    from tests.support.processes import start_sidecar
+
+    stack = start_stack(
+        {"PUBLIC_URL": "{sidecar}"}, {"SIDECAR_RESOURCES": "/api/mcp, /api/admin-mcp"}
+    )
+    sidecar = stack.sidecar
+    try:
+        base = sidecar.url
+        browser = Browser(base).sign_up("Katherine Johnson")
+        user_id = browser.get("/api/auth/get-session").json()["user"]["id"]
+        admin_url = f"{base}/api/admin-mcp"
+        seen: dict[str, str] = {}
+        storage = MemoryTokens()
+        provider = headless_provider(admin_url, browser, seen, storage)
+        async with httpx2.AsyncClient(auth=provider, timeout=20) as http:
+            me = await whoami(http, admin_url)
+        assert me["userId"] == user_id
+        assert "mcp:admin" not in (me["scopes"] or "")
+        assert storage.client is not None
+        registered = storage.client.client_id
+
+        # The operator applies the README's example: /api/admin-mcp now
+        # requires mcp:admin. Same port, store and key.
+        env = dict(sidecar.extra["env"])  # type: ignore[arg-type]
+        sidecar.stop()
+        env["SIDECAR_RESOURCES"] = README_RESOURCES
+        env.pop("SIDECAR_UPSTREAM_URL")
+        port = int(env.pop("SIDECAR_PORT"))
+        sidecar = start_sidecar(stack.app.url, port=port, **env)
+
+        seen.clear()
+        async with httpx2.AsyncClient(auth=provider, timeout=20) as http:
+            me = await whoami(http, admin_url)
+        asked = parse_qs(urlsplit(seen["authorize"]).query)["scope"][0].split()
+        assert "mcp:admin" in asked  # the union: old scopes and the challenged one
+        assert "offline_access" in asked
+        assert storage.client.client_id == registered  # no new registration
+        assert me["userId"] == user_id
+        assert "mcp:admin" in me["scopes"].split()
+        refusals = [
+            r
+            for r in sidecar.log_records()
+            if r.get("path") == "/api/admin-mcp" and r.get("status") == 403
+        ]
+        assert refusals, "the stored token should have met 403 insufficient_scope first"
+
+        # The other resource of the example, from its bare URL.
+        mcp_url = f"{base}/api/mcp"
+        other = headless_provider(mcp_url, browser, {}, MemoryTokens())
+        async with httpx2.AsyncClient(auth=other, timeout=20) as http:
+            assert (await whoami(http, mcp_url))["userId"] == user_id
+        assert browser.get("/api/auth/convex/token").status_code == 200
+    finally:
+        sidecar.stop()
+        stack.app.stop()

@@ -150,7 +150,7 @@ const server = http.createServer((req, res) => {
     res.writeHead(200, { "content-type": "application/json" });
     return res.end(JSON.stringify(req.headers));
   }
-  if (req.url.startsWith("/api/mcp")) {
+  if (req.url.startsWith("/api/mcp") || req.url.startsWith("/api/admin-mcp")) {
     return handleMcp(req, res);
   }
   if (req.url === "/healthz") {

@@ -27,6 +27,7 @@ from sidecar.oauth.cimd import MetadataDocuments
 from sidecar.oauth.clients import ClientRegistry
 from sidecar.oauth.endpoints import OAuthEndpoints, document, oauth_json
 from sidecar.oauth.grants import Grants
+from sidecar.oauth.pages import Pages
 from sidecar.oauth.ratelimit import RateLimiter
 from sidecar.observability.access import AccessMiddleware
 from sidecar.observability.health import health_routes
@@ -145,7 +146,13 @@ class SidecarApp:
         self.bridge = SessionBridge(settings, self.upstream, self.keys)
         self.limiter = RateLimiter(self.store)
         self.authz = AuthorizationEndpoint(
-            settings, self.store, self.clients, self.grants, self.bridge, self.limiter
+            settings,
+            self.store,
+            self.clients,
+            self.grants,
+            self.bridge,
+            self.limiter,
+            Pages(settings),
         )
         self.endpoints = OAuthEndpoints(
             settings, self.store, self.clients, self.grants, self.keys, self.limiter
@@ -234,9 +241,17 @@ class SidecarApp:
                 watch_key_file(self.settings, self.keys, self._keys_changed)
             )
         if self.settings.metrics_port:
-            self.metrics_server = serve_metrics(
-                self.settings.metrics_host, self.settings.metrics_port
-            )
+            host, port = self.settings.metrics_host, self.settings.metrics_port
+            try:
+                self.metrics_server = serve_metrics(host, port)
+            except OSError as exc:
+                # Two sidecars on one host meet here first: say which
+                # listener and which key, not just the errno.
+                raise RuntimeError(
+                    f"the metrics listener cannot listen on {host}:{port} ({exc.strerror}): "
+                    "set metrics_port (SIDECAR_METRICS_PORT) to a free port, or 0 to turn "
+                    "it off"
+                ) from None
         SIGNING_KEYS.set(len(self.keys.published))
         self._track_key_age()
         await self.upstream.open()

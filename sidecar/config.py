@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -125,6 +126,13 @@ class Settings:
     upstream_response_timeout: float = 60.0
     upstream_pool_size: int = 512
     shutdown_timeout: float = 30.0
+    # Pages a person sees (README, "Pages and branding").
+    brand_name: str = ""  # shown on every page; empty: no name
+    brand_logo_url: str = ""  # an https (or data:) image URL
+    brand_color: str = ""  # the accent (#rrggbb); empty: near-black, light in dark mode
+    terms_url: str = ""
+    privacy_url: str = ""
+    templates_dir: str = ""  # templates here override the shipped ones by name
     # Observability.
     log_level: str = "info"
     log_format: str = "auto"
@@ -569,6 +577,25 @@ def _build(raw: Mapping[str, Any]) -> Settings:
     take("upstream_response_timeout", lambda k, v: _as_float(k, v, 0.1))
     take("upstream_pool_size", lambda k, v: _as_int(k, v, 1, 100_000))
     take("shutdown_timeout", lambda k, v: _as_float(k, v, 0.0))
+    take("brand_name", _as_str)
+    for key in ("brand_logo_url", "terms_url", "privacy_url"):
+        if key in raw and str(raw[key]).strip():
+            link = _as_str(key, raw[key])
+            if not link.startswith(("https://", "http://", "/")) and not (
+                key == "brand_logo_url" and link.startswith("data:image/")
+            ):
+                raise ConfigError(key, f"must be an http(s) URL or a path, got {link!r}")
+            values[key] = link
+    if "brand_color" in raw and str(raw["brand_color"]).strip():
+        color = _as_str("brand_color", raw["brand_color"])
+        if not re.fullmatch(r"#[0-9a-fA-F]{3}|#[0-9a-fA-F]{6}", color):
+            raise ConfigError("brand_color", f"must be a #rgb or #rrggbb colour, got {color!r}")
+        values["brand_color"] = color
+    if "templates_dir" in raw and str(raw["templates_dir"]).strip():
+        folder = _as_str("templates_dir", raw["templates_dir"])
+        if not Path(folder).is_dir():
+            raise ConfigError("templates_dir", f"{folder} is not a directory")
+        values["templates_dir"] = folder
     take("log_level", lambda k, v: _as_choice(k, v, LOG_LEVELS))
     take("log_format", lambda k, v: _as_choice(k, v, LOG_FORMATS))
     take("access_log", _as_bool)

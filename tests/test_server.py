@@ -92,7 +92,7 @@ def test_sigterm_drains_in_flight_requests_then_exits(upstream: Process) -> None
     assert code == 0
 
 
-def test_a_failed_start_up_exits_3_and_says_why(upstream: Process) -> None:
+def test_a_metrics_port_clash_exits_3_naming_the_listener_and_the_key(upstream: Process) -> None:
     import socket as socket_module
     import subprocess
     import sys
@@ -116,4 +116,6 @@ def test_a_failed_start_up_exits_3_and_says_why(upstream: Process) -> None:
         )
     assert result.returncode == 3
     assert '"start-up failed"' in result.stderr
+    assert f"127.0.0.1:{env['SIDECAR_METRICS_PORT']}" in result.stderr
+    assert "SIDECAR_METRICS_PORT" in result.stderr
     assert "Traceback" not in result.stderr

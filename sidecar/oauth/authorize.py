@@ -16,9 +16,8 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import structlog
-from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 
 from sidecar.config import Resource, Settings
 from sidecar.oauth import pkce
@@ -33,6 +32,7 @@ from sidecar.oauth.errors import (
     UnsupportedResponseType,
 )
 from sidecar.oauth.grants import Grants
+from sidecar.oauth.pages import SCOPE_WORDS, Pages, add_cookies, form_action_source
 from sidecar.oauth.params import form_params, query_params
 from sidecar.oauth.ratelimit import RateLimiter, client_ip
 from sidecar.proxy.upstream import UpstreamError
@@ -44,52 +44,7 @@ from sidecar.urls import InvalidURL, canonical_url
 log = structlog.get_logger("sidecar.oauth")
 
 PENDING = "pending"
-PAGE_HEADERS = {
-    # RFC 9700 section 4.16: the consent page must not be framed.
-    "Content-Security-Policy": "frame-ancestors 'none'; default-src 'none'; "
-    "style-src 'unsafe-inline'; form-action 'self'",
-    "X-Frame-Options": "DENY",
-    "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",
-    "X-Content-Type-Options": "nosniff",
-}
-SCOPE_WORDS = {
-    "openid": "Know who you are (your user id)",
-    "profile": "See your name",
-    "email": "See your email address",
-    "offline_access": "Stay connected when you are not using it (refresh tokens)",
-}
 MAX_STATE = 2048
-
-templates = Environment(
-    loader=PackageLoader("sidecar.oauth", "templates"),
-    autoescape=select_autoescape(["html"], default=True),
-)
-
-
-def page(
-    template: str, status: int = 200, cookies: list[bytes] | None = None, **context: Any
-) -> HTMLResponse:
-    response = HTMLResponse(
-        templates.get_template(template).render(**context), status_code=status, headers=PAGE_HEADERS
-    )
-    _add_cookies(response, cookies)
-    return response
-
-
-def error_page(title: str, message: str, status: int = 400, error: str | None = None) -> Response:
-    return page("error.html", status, title=title, message=message, error=error)
-
-
-def unavailable() -> Response:
-    return error_page(
-        "Temporarily unavailable", "Sign-in is unavailable for a moment; try again shortly.", 503
-    )
-
-
-def _add_cookies(response: Response, cookies: list[bytes] | None) -> None:
-    for cookie in cookies or ():
-        response.raw_headers.append((b"set-cookie", cookie))
 
 
 @dataclass
@@ -100,6 +55,7 @@ class AuthorizationEndpoint:
     grants: Grants
     bridge: SessionBridge
     limiter: RateLimiter
+    pages: Pages
 
     async def limited(self, request: Request) -> Response | None:
         """A 429 page when this IP is over rate_limit_per_ip, else None."""
@@ -108,11 +64,11 @@ class AuthorizationEndpoint:
                 "authorize-ip", client_ip(request, self.settings), self.settings.rate_limit_per_ip
             )
         except OAuthError as exc:
-            response = error_page("Too many requests", "Wait a moment and try again.", 429)
+            response = self.pages.error("Too many requests", "Wait a moment and try again.", 429)
             response.headers.update(exc.headers)
             return response
         except StoreUnavailable:
-            return unavailable()
+            return self.pages.unavailable()
         return None
 
     @property
@@ -132,7 +88,7 @@ class AuthorizationEndpoint:
         separator = "&" if urlsplit(redirect_uri).query else "?"
         response = RedirectResponse(redirect_uri + separator + urlencode(params), status)
         response.headers.update({"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
-        _add_cookies(response, cookies)
+        add_cookies(response, cookies)
         return response
 
     def error_to_client(
@@ -157,18 +113,18 @@ class AuthorizationEndpoint:
         try:
             params = query_params(request)
         except InvalidRequest as exc:
-            return error_page("Invalid request", exc.description)
+            return self.pages.error("Invalid request", exc.description)
         client_id = params.get("client_id", "")
         try:
             client = await self.clients.get(client_id)
         except StoreUnavailable:
-            return error_page(
+            return self.pages.error(
                 "Temporarily unavailable",
                 "Sign-in is unavailable for a moment; try again shortly.",
                 503,
             )
         if client is None:
-            return error_page(
+            return self.pages.error(
                 "Unknown application",
                 "This application is not registered here, or its client metadata document "
                 "could not be used. It may need to register again.",
@@ -179,7 +135,7 @@ class AuthorizationEndpoint:
         if redirect_uri is None and len(client.redirect_uris) == 1:
             redirect_uri = client.redirect_uris[0]
         if not redirect_uri or not redirect_uri_matches(client.redirect_uris, redirect_uri):
-            return error_page(
+            return self.pages.error(
                 "Invalid redirect address",
                 "The application asked to send you to an address it did not "
                 "register, so you are not being sent anywhere.",
@@ -206,7 +162,7 @@ class AuthorizationEndpoint:
                 PENDING, request_id, pending, ttl=self.settings.pending_authorization_ttl
             )
         except StoreUnavailable:
-            return error_page(
+            return self.pages.error(
                 "Temporarily unavailable",
                 "Sign-in is unavailable for a moment; try again shortly.",
                 503,
@@ -330,10 +286,10 @@ class AuthorizationEndpoint:
         try:
             trusted = await self.redirect_trusted(request, client, pending["redirect_uri"])
         except StoreUnavailable:
-            return unavailable()
+            return self.pages.unavailable()
         if trusted:
             return self.error_to_client(pending, exc, cookies)
-        return page(
+        return self.pages.page(
             "refused.html",
             400,
             cookies,
@@ -362,7 +318,7 @@ class AuthorizationEndpoint:
             login + separator + urlencode({self.settings.login_return_param: back}), 303
         )
         response.headers.update({"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
-        _add_cookies(response, cookies)
+        add_cookies(response, cookies)
         return response
 
     async def resume(self, request: Request, pending: dict[str, Any], client: Client) -> Response:
@@ -370,7 +326,7 @@ class AuthorizationEndpoint:
             session = await self.who(request)
         except UpstreamError as exc:
             log.warning("session bridge failed", error=str(exc))
-            return error_page(
+            return self.pages.error(
                 "Sign-in is unavailable",
                 "We could not reach the app to check who you are. Try again in a moment.",
                 502,
@@ -397,7 +353,7 @@ class AuthorizationEndpoint:
                 user.sub, client.client_id, pending["resource"], pending["scope"]
             ):
                 if await self.store.take(PENDING, pending["request_id"]) is None:
-                    return error_page(
+                    return self.pages.error(
                         "Request already handled",
                         "This sign-in request was already completed.",
                         400,
@@ -415,7 +371,7 @@ class AuthorizationEndpoint:
             pending["sub"] = user.sub
             await self.save(pending)
         except StoreUnavailable:
-            return error_page(
+            return self.pages.error(
                 "Temporarily unavailable",
                 "Sign-in is unavailable for a moment; try again shortly.",
                 503,
@@ -425,7 +381,7 @@ class AuthorizationEndpoint:
                 user.sub, client.client_id, pending["resource"]
             )
         except StoreUnavailable:
-            return unavailable()
+            return self.pages.unavailable()
         return self.consent_page(
             pending, client, user.email or user.name or user.sub, session.set_cookies, allowed
         )
@@ -449,9 +405,10 @@ class AuthorizationEndpoint:
         allowed = allowed or set()
         new = [s for s in pending["scope"] if s not in allowed]
         kept = [s for s in pending["scope"] if s in allowed]
-        return page(
+        return self.pages.page(
             "consent.html",
             cookies=cookies,
+            form_action=[form_action_source(pending["redirect_uri"])],
             client_name=client.client_name or client.client_id,
             client_uri=client.client_uri,
             # CIMD: the document's host is what vouches for the name, so the
@@ -503,15 +460,15 @@ class AuthorizationEndpoint:
             pending = await self.store.get(PENDING, request_id) if request_id else None
             client = await self.clients.get(pending["client_id"]) if pending else None
         except InvalidRequest as exc:
-            return error_page("Invalid request", exc.description)
+            return self.pages.error("Invalid request", exc.description)
         except StoreUnavailable:
-            return error_page(
+            return self.pages.error(
                 "Temporarily unavailable",
                 "Sign-in is unavailable for a moment; try again shortly.",
                 503,
             )
         if pending is None or client is None:
-            return error_page(
+            return self.pages.error(
                 "This sign-in request has expired",
                 "Go back to the application and connect again.",
                 400,
@@ -528,18 +485,18 @@ class AuthorizationEndpoint:
                 request, self.settings.max_body_bytes, self.settings.body_timeout
             )
         except OAuthError as exc:
-            return error_page("Invalid request", exc.description, exc.status)
+            return self.pages.error("Invalid request", exc.description, exc.status)
         request_id = form.get("request", "")
         try:
             pending = await self.store.get(PENDING, request_id) if request_id else None
         except StoreUnavailable:
-            return error_page(
+            return self.pages.error(
                 "Temporarily unavailable",
                 "Sign-in is unavailable for a moment; try again shortly.",
                 503,
             )
         if pending is None or "sub" not in pending:
-            return error_page(
+            return self.pages.error(
                 "This sign-in request has expired",
                 "Go back to the application and connect again.",
                 400,
@@ -547,24 +504,24 @@ class AuthorizationEndpoint:
         # CSRF: the token is bound to this pending request, and the signed-in
         # user must be the one the page was shown to.
         if not hmac.compare_digest(form.get("csrf", ""), pending["csrf"]):
-            return error_page("Request refused", "The form could not be verified.", 403)
+            return self.pages.error("Request refused", "The form could not be verified.", 403)
         try:
             session = await self.who(request)
         except UpstreamError:
-            return error_page(
+            return self.pages.error(
                 "Sign-in is unavailable", "We could not reach the app to check who you are.", 502
             )
         if session.user is None or session.user.sub != pending["sub"]:
-            return error_page(
+            return self.pages.error(
                 "Request refused", "You are no longer signed in as the user who was asked.", 403
             )
         decision = form.get("decision")
         if decision not in ("approve", "deny"):
-            return error_page("Invalid request", "Choose Allow or Deny.", 400)
+            return self.pages.error("Invalid request", "Choose Allow or Deny.", 400)
         try:
             # Single use: a replayed or double-clicked form finds nothing.
             if await self.store.take(PENDING, request_id) is None:
-                return error_page(
+                return self.pages.error(
                     "Request already handled", "This sign-in request was already completed.", 400
                 )
             # RFC 9700 section 4.12: 303 after a form POST.
@@ -579,7 +536,7 @@ class AuthorizationEndpoint:
             )
             return await self.approve(pending, session.user, session.set_cookies, status=303)
         except StoreUnavailable:
-            return error_page(
+            return self.pages.error(
                 "Temporarily unavailable",
                 "Sign-in is unavailable for a moment; try again shortly.",
                 503,

@@ -134,9 +134,31 @@ async function handleMcp(req, res) {
   await transport.handleRequest(req, res);
 }
 
-const loginPage = `<!doctype html><html><body><h1>Sign in</h1>
-<form id="f"><input name="email"><input name="password" type="password"><button>Sign in</button></form>
-</body></html>`;
+// The app's own login page, as a Better Auth app has it: the browser signs in
+// with Better Auth's client call, then goes to `callbackURL` (Better Auth's
+// convention), which is how the sidecar brings the person back.
+const loginPage = `<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>Sign in</title></head>
+<body><main><h1>Sign in</h1>
+<form id="f">
+<label>Email <input name="email" type="email" autocomplete="username" required></label>
+<label>Password <input name="password" type="password" autocomplete="current-password" required></label>
+<button type="submit">Sign in</button></form><p id="error" role="alert"></p></main>
+<script>
+document.getElementById("f").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const form = new FormData(event.target);
+  const r = await fetch("/api/auth/sign-in/email", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ email: form.get("email"), password: form.get("password") }),
+  });
+  if (!r.ok) { document.getElementById("error").textContent = "Wrong email or password"; return; }
+  const back = new URLSearchParams(location.search).get("callbackURL") || "/";
+  // Only back to this origin, as Better Auth checks callbackURL.
+  location.href = new URL(back, location.href).origin === location.origin ? back : "/";
+});
+</script></body></html>`;
 
 const server = http.createServer((req, res) => {
   if (req.url.startsWith("/api/auth")) {

@@ -10,7 +10,7 @@ NODE_DIR := tests/e2e/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install node run test lint bench fuzz demo clean
+.PHONY: install node run test lint bench fuzz demo screenshots clean
 
 install: $(STAMP)
 
@@ -49,6 +49,10 @@ bench: install node
 
 fuzz: install
 	$(BIN)/python fuzz/run.py $(ARGS)
+
+# The README's pictures, written by the browser tests themselves.
+screenshots: install node
+	SIDECAR_SCREENSHOTS=docs/screenshots $(BIN)/pytest -q tests/e2e/test_browser_journeys.py
 
 demo: install node
 	$(BIN)/python demo/run.py

@@ -131,7 +131,12 @@ def signed_in_cookie(stack_url: str, origin: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=int(os.environ.get("BENCH_SECONDS", "5")))
-    parser.add_argument("--only", choices=["proxy", "better-auth", "tokens"], default=None)
+    parser.add_argument(
+        "--only", choices=["proxy", "better-auth", "tokens", "consent"], default=None
+    )
+    parser.add_argument(
+        "--baseline", default=None, help="(e) also measure the sidecar as it was at this git rev"
+    )
     args = parser.parse_args()
     levels = [1, 16, 64]
     tool = "wrk" if shutil.which("wrk") else "python load generator (install wrk: better figures)"
@@ -181,6 +186,13 @@ def main() -> int:
                 run_tokens(args.seconds)
             else:
                 print("\n(c) skipped: the token benchmark needs wrk (apt-get install wrk)")
+        if args.only in (None, "consent"):
+            if shutil.which("wrk") and node_available():
+                from bench.consent import run as run_consent
+
+                run_consent(args.seconds, args.baseline)
+            else:
+                print("\n(e) skipped: needs wrk and the Node fixture")
     finally:
         for p in reversed(processes):
             p.stop()

@@ -35,6 +35,8 @@ OWNED = [
     "/oauth/authorize",
     "/oauth/authorize/continue",
     "/oauth/consent",
+    "/oauth/account",
+    "/oauth/account/revoke",
     "/oauth/jwks",
     "/.well-known/oauth-authorization-server/oauth",
     "/.well-known/openid-configuration/oauth",

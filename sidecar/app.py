@@ -22,6 +22,7 @@ from sidecar.config import ConfigError, Resource, Settings
 from sidecar.gateway import Gateway
 from sidecar.keys import load_keyset
 from sidecar.keys.reload import watch_key_file
+from sidecar.oauth.account import ConnectedApps
 from sidecar.oauth.authorize import AuthorizationEndpoint
 from sidecar.oauth.cimd import MetadataDocuments
 from sidecar.oauth.clients import ClientRegistry
@@ -145,14 +146,12 @@ class SidecarApp:
         self.grants = Grants(settings, self.store, self.keys)
         self.bridge = SessionBridge(settings, self.upstream, self.keys)
         self.limiter = RateLimiter(self.store)
+        pages = Pages(settings)
         self.authz = AuthorizationEndpoint(
-            settings,
-            self.store,
-            self.clients,
-            self.grants,
-            self.bridge,
-            self.limiter,
-            Pages(settings),
+            settings, self.store, self.clients, self.grants, self.bridge, self.limiter, pages
+        )
+        self.account = ConnectedApps(
+            settings, self.store, self.clients, self.grants, self.authz, pages
         )
         self.endpoints = OAuthEndpoints(
             settings, self.store, self.clients, self.grants, self.keys, self.limiter
@@ -181,6 +180,8 @@ class SidecarApp:
             Route("/oauth/authorize", a.authorize, methods=["GET"]),
             Route("/oauth/authorize/continue", a.resume_endpoint, methods=["GET"]),
             Route("/oauth/consent", a.consent, methods=["POST"]),
+            Route("/oauth/account", self.account.page, methods=["GET"]),
+            Route("/oauth/account/revoke", self.account.revoke, methods=["POST"]),
             Route("/oauth/token", oauth_json(e.token), methods=post),
             Route("/oauth/register", oauth_json(e.register), methods=post),
             Route("/oauth/revoke", oauth_json(e.revoke), methods=post),

@@ -64,6 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
     clients_sub.add_parser("list", help="list registered clients")
     remove = clients_sub.add_parser("remove", help="remove a client")
     remove.add_argument("client_id")
+
+    grants = sub.add_parser("grants", help="what people have granted to clients")
+    _config_args(grants)
+    grants_sub = grants.add_subparsers(dest="grants_command", required=True)
+    listing = grants_sub.add_parser("list", help="live grants, one a line")
+    listing.add_argument("--user", help="only this Better Auth user id's")
+    listing.add_argument("--client", help="only this client's")
+    revoke = grants_sub.add_parser(
+        "revoke", help="end grants: their refresh and access tokens, and the remembered consent"
+    )
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("grant_id", nargs="?", help="one grant")
+    which.add_argument("--user", help="every grant of this Better Auth user id")
+    which.add_argument("--client", help="every grant of this client")
     return parser
 
 
@@ -100,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _keys(settings, args)
         if args.command == "clients":
             return asyncio.run(_clients(settings, args))
+        if args.command == "grants":
+            return asyncio.run(_grants(settings, args))
     except ConfigError as exc:
         names = " / ".join(env_names(exc.key)) if exc.key != "config" else "--config"
         return fail(f"configuration error: {exc.key} ({names}): {exc.message}")
@@ -175,6 +191,46 @@ async def _clients(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         await store.close()
     return 1
+
+
+async def _grants(settings: Settings, args: argparse.Namespace) -> int:
+    import time
+
+    from sidecar.keys import load_keyset
+    from sidecar.oauth.grants import Grants
+    from sidecar.store import StoreUnavailable, open_store
+
+    store = open_store(settings.store_url)
+    try:
+        await store.open()
+        grants = Grants(settings, store, load_keyset(settings))
+        if getattr(args, "grant_id", None):
+            one = await grants.live_grant(args.grant_id)
+            if one is None:
+                return fail(f"no live grant {args.grant_id}", 1)
+            found = [one]
+        elif args.user:
+            found = await grants.grants_of(args.user)
+        else:
+            found = await grants.all_grants()
+        if args.client:
+            found = [g for g in found if g["client_id"] == args.client]
+        if args.grants_command == "list":
+            for g in found:
+                created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(g.get("created") or 0))
+                print(
+                    f"{g['grant_id']}\t{g['sub']}\t{g['client_id']}\t{' '.join(g['scope'] or [])}"
+                    f"\t{g['resource']}\t{created}"
+                )
+            return 0
+        for g in found:
+            await grants.end_grant(g)
+        print(f"revoked {len(found)} grant{'s' if len(found) != 1 else ''}")
+        return 0
+    except StoreUnavailable as exc:
+        return fail(f"the store is unavailable: {exc}", 1)
+    finally:
+        await store.close()
 
 
 def run() -> Any:  # pragma: no cover - console script

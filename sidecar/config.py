@@ -90,6 +90,9 @@ class Settings:
     refresh_token_ttl: int = 30 * 86400
     code_ttl: int = 60
     pending_authorization_ttl: int = 600
+    # A grant rests on a live session: the app confirms it at most this often
+    # per Better Auth session (0: every time).
+    session_recheck_seconds: int = 60
     scopes: tuple[str, ...] = ("openid", "profile", "email", "offline_access")
     default_scopes: tuple[str, ...] = ("openid", "profile", "email")
     # Scope hierarchies (MCP 2026-07-28: "servers MUST account for scope
@@ -506,6 +509,7 @@ def _build(raw: Mapping[str, Any]) -> Settings:
     take("refresh_token_ttl", lambda k, v: _as_int(k, v, 60))
     take("code_ttl", lambda k, v: _as_int(k, v, 5, 600))
     take("pending_authorization_ttl", lambda k, v: _as_int(k, v, 1, 3600))
+    take("session_recheck_seconds", lambda k, v: _as_int(k, v, 0, 900))
     if "scopes" in raw:
         values["scopes"] = tuple(_as_list("scopes", raw["scopes"]))
     # A scope a resource requires or offers is one the server offers: else a

@@ -31,7 +31,7 @@ from sidecar.oauth.errors import (
     OAuthError,
     UnsupportedResponseType,
 )
-from sidecar.oauth.grants import Grants
+from sidecar.oauth.grants import Grants, digest
 from sidecar.oauth.pages import SCOPE_WORDS, Pages, add_cookies, form_action_source
 from sidecar.oauth.params import form_params, query_params
 from sidecar.oauth.ratelimit import RateLimiter, client_ip
@@ -44,6 +44,7 @@ from sidecar.urls import InvalidURL, canonical_url
 log = structlog.get_logger("sidecar.oauth")
 
 PENDING = "pending"
+LIVE_SESSIONS = "live_sessions"  # Better Auth sessions the app confirmed lately
 MAX_STATE = 2048
 
 
@@ -301,15 +302,43 @@ class AuthorizationEndpoint:
 
     # -- the user ---------------------------------------------------------------
 
-    async def who(self, request: Request) -> SessionLookup:
+    async def who(self, request: Request, *, confirm: bool = False) -> SessionLookup:
         return await self.bridge.lookup(
-            request.headers.get("cookie"), request.headers.get("better-auth-cookie")
+            request.headers.get("cookie"),
+            request.headers.get("better-auth-cookie"),
+            confirm=confirm,
         )
+
+    async def live_session(self, request: Request) -> SessionLookup:
+        """The person, as far as a new grant may rest on it. A person known
+        only from the session JWT cookie is confirmed with the app first (the
+        cookie outlives a revoked session by up to 15 minutes), at most once
+        per ``session_recheck_seconds`` per Better Auth session."""
+        session = await self.who(request)
+        user = session.user
+        if user is None or session.source != "cookie":
+            return session  # anonymous, or the app was asked just now
+        ttl = self.settings.session_recheck_seconds
+        key = digest(user.session_id or "")
+        if ttl > 0 and user.session_id and await self.store.get(LIVE_SESSIONS, key) is not None:
+            return session
+        confirmed = await self.who(request, confirm=True)
+        cookies = session.set_cookies + confirmed.set_cookies
+        if confirmed.user is None or confirmed.user.sub != user.sub:
+            log.info("session ended in the app; signing in again", sub=user.sub)
+            return SessionLookup(None, cookies)
+        if ttl > 0 and user.session_id:
+            await self.store.put(LIVE_SESSIONS, key, {}, ttl=ttl)
+        return SessionLookup(confirmed.user, cookies, confirmed.source)
 
     def login_redirect(self, pending: dict[str, Any], cookies: list[bytes]) -> Response:
         back = f"{self.settings.public_url}/oauth/authorize/continue?" + urlencode(
             {"request": pending["request_id"]}
         )
+        return self.login_redirect_to(back, cookies)
+
+    def login_redirect_to(self, back: str, cookies: list[bytes]) -> Response:
+        """To the app's login page, with ``back`` as its return address."""
         login = self.settings.login_url
         if login.startswith("/"):
             login = self.settings.public_url + login
@@ -323,7 +352,9 @@ class AuthorizationEndpoint:
 
     async def resume(self, request: Request, pending: dict[str, Any], client: Client) -> Response:
         try:
-            session = await self.who(request)
+            session = await self.live_session(request)
+        except StoreUnavailable:
+            return self.pages.unavailable()
         except UpstreamError as exc:
             log.warning("session bridge failed", error=str(exc))
             return self.pages.error(
@@ -506,7 +537,9 @@ class AuthorizationEndpoint:
         if not hmac.compare_digest(form.get("csrf", ""), pending["csrf"]):
             return self.pages.error("Request refused", "The form could not be verified.", 403)
         try:
-            session = await self.who(request)
+            session = await self.live_session(request)
+        except StoreUnavailable:
+            return self.pages.unavailable()
         except UpstreamError:
             return self.pages.error(
                 "Sign-in is unavailable", "We could not reach the app to check who you are.", 502

@@ -176,6 +176,7 @@ class OAuthEndpoints:
         if not token:
             raise InvalidRequest("refresh_token is required")
         record = await self.grants.rotate_refresh(token, client.client_id)
+        await self.grants.note_refresh(record["grant_id"])
         scope = record["scope"]
         if form.get("scope"):
             narrowed = form["scope"].split()

@@ -26,6 +26,9 @@ from sidecar.oauth.errors import InvalidGrant, InvalidToken
 from sidecar.store import Store
 
 CODES, GRANTS, REFRESH, REVOKED, CONSENTS = "codes", "grants", "refresh", "revoked_jti", "consents"
+# Last refresh per grant, apart from the grant record: a refresh never
+# rewrites the record that holds ``revoked``, so it cannot undo a revocation.
+ACTIVITY = "grant_activity"
 CONSENT_TTL = 180 * 86400
 ACCESS_TOKEN_TYPE = "at+jwt"  # RFC 9068 section 2.1
 LEEWAY = 5
@@ -89,6 +92,7 @@ class Grants:
             for k in ("client_id", "sub", "email", "name", "scope", "resource", "auth_time")
         }
         record["revoked"] = False
+        record["created"] = int(time.time())
         # put_if_absent, never a plain put: when a replay of the code raced
         # ahead and revoked the grant, the revocation must stay. The one
         # redemption that won still gets its answer, but every token in it
@@ -96,6 +100,64 @@ class Grants:
         await self.store.put_if_absent(
             GRANTS, grant_id, record, ttl=self.settings.refresh_token_ttl
         )
+        # The person -> grants index: one record per grant in the person's own
+        # namespace, so each write is one store operation (one SET on Redis).
+        await self.store.put(
+            user_index(str(record["sub"])),
+            grant_id,
+            {"client_id": record["client_id"]},
+            ttl=self.settings.refresh_token_ttl,
+        )
+
+    async def note_refresh(self, grant_id: str) -> None:
+        await self.store.put(
+            ACTIVITY, grant_id, {"at": int(time.time())}, ttl=self.settings.refresh_token_ttl
+        )
+
+    async def live_grant(self, grant_id: str) -> dict[str, Any] | None:
+        record = await self.store.get(GRANTS, grant_id)
+        if record is None or record.get("revoked"):
+            return None
+        activity = await self.store.get(ACTIVITY, grant_id)
+        return {
+            **record,
+            "grant_id": grant_id,
+            "last_refreshed": activity["at"] if activity else None,
+        }
+
+    async def grants_of(self, sub: str) -> list[dict[str, Any]]:
+        """The person's live grants, oldest first."""
+        found = []
+        for grant_id, _ in await self.store.scan(user_index(sub)):
+            record = await self.live_grant(grant_id)
+            if record is not None and record.get("sub") == sub:
+                found.append(record)
+        return sorted(found, key=lambda g: g.get("created") or 0)
+
+    async def all_grants(self) -> list[dict[str, Any]]:
+        """Every live grant (operators' listing; walks the whole namespace)."""
+        found = []
+        for grant_id, record in await self.store.scan(GRANTS):
+            if not record.get("revoked"):
+                activity = await self.store.get(ACTIVITY, grant_id)
+                found.append(
+                    {**record, "grant_id": grant_id, "last_refreshed": activity and activity["at"]}
+                )
+        return sorted(found, key=lambda g: g.get("created") or 0)
+
+    async def end_grant(self, record: dict[str, Any]) -> None:
+        """Revoke a grant (its refresh tokens and, through ``gid``, its access
+        tokens on every replica) and forget the consent behind it, so the next
+        authorization of that client asks the person again."""
+        await self.revoke_grant(record["grant_id"])
+        await self.store.delete(user_index(str(record["sub"])), record["grant_id"])
+        await self.forget_consent(str(record["sub"]), str(record["client_id"]))
+
+    async def forget_consent(self, sub: str, client_id: str) -> None:
+        resources = {r.url for r in self.settings.resources} | {self.settings.default_resource.url}
+        for resource in resources:
+            await self.store.delete(CONSENTS, self._consent_key(sub, client_id, resource))
+        await self.store.delete(CONSENTS, self._approved_key(sub, client_id))
 
     async def grant(self, grant_id: str) -> dict[str, Any] | None:
         return await self.store.get(GRANTS, grant_id)
@@ -267,6 +329,10 @@ class Grants:
     # -- consent ----------------------------------------------------------------
 
     @staticmethod
+    def _approved_key(sub: str, client_id: str) -> str:
+        return digest(f"{sub}\x00{client_id}")
+
+    @staticmethod
     def _consent_key(sub: str, client_id: str, resource: str) -> str:
         return digest(f"{sub}\x00{client_id}\x00{resource}")
 
@@ -283,7 +349,7 @@ class Grants:
 
     async def has_approved(self, sub: str, client_id: str) -> bool:
         """Whether this person has ever approved this client (any resource)."""
-        return await self.store.get(CONSENTS, digest(f"{sub}\x00{client_id}")) is not None
+        return await self.store.get(CONSENTS, self._approved_key(sub, client_id)) is not None
 
     async def remember_consent(
         self, sub: str, client_id: str, resource: str, scope: list[str]
@@ -293,8 +359,14 @@ class Grants:
         merged = sorted(set(existing.get("scope", [])) | set(scope))
         await self.store.put(CONSENTS, key, {"scope": merged}, ttl=CONSENT_TTL)
         await self.store.put(
-            CONSENTS, digest(f"{sub}\x00{client_id}"), {"approved": True}, ttl=CONSENT_TTL
+            CONSENTS, self._approved_key(sub, client_id), {"approved": True}, ttl=CONSENT_TTL
         )
+
+
+def user_index(sub: str) -> str:
+    """The namespace of one person's grant index (hashed: a user id never
+    becomes part of a store key pattern)."""
+    return f"user_grants:{digest(sub)[:32]}"
 
 
 def user_claims(user: dict[str, Any], scope: list[str]) -> dict[str, Any]:

@@ -74,12 +74,16 @@ class Pages:
         status: int = 200,
         cookies: list[bytes] | None = None,
         form_action: list[str] | None = None,
+        referrer_policy: str = "no-referrer",
         **context: Any,
     ) -> HTMLResponse:
         """``form_action``: where the page's forms may go besides the sidecar
-        itself; None for a page without a form."""
+        itself; None for a page without a form. ``referrer_policy``: with
+        ``no-referrer`` a browser sends ``Origin: null`` on the page's form
+        posts, so a page whose post checks its Origin uses ``same-origin``."""
         headers = {
             **BASE_HEADERS,
+            "Referrer-Policy": referrer_policy,
             "Content-Security-Policy": content_security_policy(form_action),
         }
         html = self.env.get_template(template).render(**context)

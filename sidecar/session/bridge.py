@@ -31,6 +31,7 @@ class User:
     sub: str
     email: str | None = None
     name: str | None = None
+    session_id: str | None = None  # Better Auth's session row, when known
 
 
 @dataclass
@@ -82,10 +83,21 @@ class SessionBridge:
         # An OAuth access token of ours is never a session (DESIGN.md).
         if header.get("typ") == "at+jwt":
             return None
-        return User(sub=str(claims["sub"]), email=claims.get("email"), name=claims.get("name"))
+        return User(
+            sub=str(claims["sub"]),
+            email=claims.get("email"),
+            name=claims.get("name"),
+            session_id=claims.get("sessionId"),
+        )
 
-    async def lookup(self, cookie: str | None, better_auth_cookie: str | None) -> SessionLookup:
-        if self.keys:
+    async def lookup(
+        self, cookie: str | None, better_auth_cookie: str | None, *, confirm: bool = False
+    ) -> SessionLookup:
+        """``confirm``: ask the app even when the session JWT cookie verifies.
+        That cookie stays valid for up to 15 minutes after the app ended the
+        session (revoke-sessions, a password change, a ban); only the app
+        knows whether the session row still lives."""
+        if self.keys and not confirm:
             for source in (cookie, better_auth_cookie):
                 if not source:
                     continue
@@ -134,4 +146,11 @@ class SessionBridge:
         if not isinstance(body, dict) or not isinstance(body.get("user"), dict):
             return None
         user = body["user"]
-        return User(sub=str(user["id"]), email=user.get("email"), name=user.get("name"))
+        session = body.get("session")
+        session = session if isinstance(session, dict) else {}
+        return User(
+            sub=str(user["id"]),
+            email=user.get("email"),
+            name=user.get("name"),
+            session_id=session.get("id"),
+        )

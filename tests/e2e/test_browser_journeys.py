@@ -337,6 +337,7 @@ def test_every_page_passes_an_accessibility_scan(
         "consent": client.authorize_url(scope="openid"),
         "error": "/oauth/authorize/continue?request=nope",
         "refused": untrusted.authorize_url(response_type="token"),
+        "account": "/oauth/account",
     }
     for name, url in pages.items():
         person.page.goto(person.base + url)
@@ -346,3 +347,31 @@ def test_every_page_passes_an_accessibility_scan(
             v for v in results.response["violations"] if v["impact"] in ("serious", "critical")
         ]
         assert serious == [], (name, serious)
+
+
+def test_connected_apps_from_sign_in_to_revoke(
+    person: Person, account: Browser, client: OAuthClient
+) -> None:
+    page = person.page
+    page.goto(f"{person.base}/oauth/account")
+    assert urlsplit(page.url).path == "/login"  # anonymous: the app's login first
+    page.get_by_label("Email").fill(account.email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("heading", name="Connected apps").wait_for()
+    assert "No application has access" in page.content()
+    page.goto(person.base + client.authorize_url(scope="openid email"))
+    page.get_by_role("button", name="Allow").click()
+    page.wait_for_url(REDIRECT + "**")
+    assert client.exchange(person.callback["code"]).status_code == 200  # the grant begins
+    page.goto(f"{person.base}/oauth/account")
+    assert "Journey Client" in page.content()
+    screenshot(page, "connected-apps")
+    page.get_by_role("button", name="Revoke access for Journey Client").click()
+    page.get_by_role("status").wait_for()
+    assert "Journey Client" not in page.content()
+    assert person.csp_violations() == []
+    screenshot(page, "connected-apps-revoked")
+    # Asked again next time, since the consent was forgotten.
+    page.goto(person.base + client.authorize_url(scope="openid email"))
+    page.get_by_role("button", name="Allow").wait_for()

@@ -43,7 +43,13 @@ JSON_ENDPOINTS = [
     "/oauth/introspect",
     "/oauth/userinfo",
 ]
-PAGE_ENDPOINTS = ["/oauth/authorize", "/oauth/authorize/continue", "/oauth/consent"]
+PAGE_ENDPOINTS = [
+    "/oauth/authorize",
+    "/oauth/authorize/continue",
+    "/oauth/consent",
+    "/oauth/account",
+    "/oauth/account/revoke",
+]
 DOCUMENTS = [
     "/oauth/jwks",
     "/.well-known/oauth-authorization-server/oauth",

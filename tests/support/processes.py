@@ -146,7 +146,10 @@ def sidecar_env(upstream_url: str, port: int, **extra: str) -> dict[str, str]:
     return env
 
 
-def start_sidecar(upstream_url: str, port: int | None = None, **extra: str) -> Process:
+def start_sidecar(
+    upstream_url: str, port: int | None = None, cwd: Path | None = None, **extra: str
+) -> Process:
+    """``cwd``: another checkout's sidecar (the benchmark's baseline)."""
     port = port or free_port()
     env = sidecar_env(upstream_url, port, **extra)
     process = start(
@@ -155,6 +158,7 @@ def start_sidecar(upstream_url: str, port: int | None = None, **extra: str) -> P
         port=port,
         env=env,
         ready_path="/oauth/healthz",
+        cwd=cwd,
     )
     process.extra["env"] = env
     return process

@@ -79,6 +79,9 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
     elif path == "/api/auth/convex/token":
         # An app with no signed-in user (the fuzz campaign's upstream).
         await json_response(send, {"code": "UNAUTHORIZED"}, 401)
+    elif path == "/api/auth/get-session":
+        # Better Auth answers 200 with null when nobody is signed in.
+        await json_response(send, None)
     elif path == "/small":
         await respond(send, 200, SMALL_JSON, SMALL_HEADERS)
     elif path.startswith("/echo") or path == "/%":

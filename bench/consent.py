@@ -1,0 +1,123 @@
+"""(e) An authorization with remembered consent, from a live session
+(`make bench`): the person's browser holds the convex_jwt cookie, so the
+sidecar knows them without asking the app, then confirms the session with the
+app at most once per ``session_recheck_seconds``. Measured side by side in one
+run: the default (60 s), ``session_recheck_seconds = 0`` (the app asked every
+time), and optionally a baseline checkout (``--baseline REV``: the same load
+against the sidecar as it was at REV). Reported: req/s, p50/p99 and the
+sidecar's CPU time per request from /proc/<pid>/stat."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import httpx
+
+from bench.tokens import Result, parse
+from tests.support import fixtures
+from tests.support.oauth import OAuthClient, form_fields
+from tests.support.processes import ROOT, Process, free_port, start_better_auth, start_sidecar
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def signed_in(base: str) -> tuple[str, OAuthClient, str]:
+    """A person signed up through the sidecar who approved one client once:
+    their cookie header and the authorization URL that is now remembered."""
+    browser = httpx.Client(base_url=base, headers={"Origin": base})
+    browser.post(
+        "/api/auth/sign-up/email",
+        json={"email": "consent@example.com", "password": "bench password 123", "name": "B"},
+    ).raise_for_status()
+    browser.get("/api/auth/get-session").raise_for_status()  # the convex_jwt cookie
+    client = OAuthClient(base)
+    client.register()
+    url = client.authorize_url(scope="openid", state="bench")
+    page = browser.get(url)
+    fields = form_fields(page.text)
+    done = browser.post("/oauth/consent", data={**fields, "decision": "approve"})
+    assert done.status_code == 303, done.text
+    cookie = "; ".join(f"{c.name}={c.value}" for c in browser.cookies.jar)
+    assert "convex_jwt" in cookie
+    again = browser.get(url)
+    assert again.status_code == 302, again.text  # remembered: straight back with a code
+    browser.close()
+    return cookie, client, url
+
+
+def load(base: str, url: str, cookie: str, sidecar: Process, seconds: int) -> tuple[Result, float]:
+    before = cpu_seconds(sidecar.popen.pid)
+    out = subprocess.run(
+        [
+            *("wrk", "-t", "2", "-c", "16", "-d", f"{seconds}s", "--latency"),
+            *("-H", f"Cookie: {cookie}", base + url),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    result = parse(out)
+    used = cpu_seconds(sidecar.popen.pid) - before
+    served = result.rps * seconds
+    return result, (used / served * 1e6) if served else 0.0
+
+
+def run(seconds: int, baseline: str | None = None) -> None:
+    print("\n(e) authorize with remembered consent, signed in (convex_jwt cookie), c=16")
+    shared = {
+        "JWKS": fixtures.text("static-jwks.json"),
+        "BETTER_AUTH_SECRET": fixtures.SECRET,
+    }
+    checkouts: list[tuple[str, Path | None, dict[str, str]]] = [
+        ("recheck every 60 s (default)", None, {}),
+        ("recheck every time (0)", None, {"SIDECAR_SESSION_RECHECK_SECONDS": "0"}),
+    ]
+    worktree = None
+    if baseline:
+        worktree = Path(tempfile.mkdtemp(prefix="sidecar-baseline-")) / "tree"
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(worktree), baseline],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+        checkouts.append((f"baseline {baseline[:10]}", worktree, {}))
+    try:
+        for label, cwd, extra in checkouts:
+            port = free_port()
+            base = f"http://127.0.0.1:{port}"
+            app = start_better_auth(TRUSTED_ORIGINS=base, CONVEX_SITE_URL=base, **shared)
+            try:
+                sidecar = start_sidecar(
+                    app.url,
+                    port=port,
+                    cwd=cwd,
+                    SIDECAR_LOG_LEVEL="warning",
+                    CONVEX_SITE_URL=base,
+                    **shared,
+                    **extra,
+                )
+                try:
+                    cookie, _client, url = signed_in(base)
+                    result, cpu_us = load(base, url, cookie, sidecar, seconds)
+                    print(f"  {label:<32} {result}  CPU {cpu_us:>6.0f} µs/request", flush=True)
+                finally:
+                    sidecar.stop()
+            finally:
+                app.stop()
+    finally:
+        if worktree is not None:
+            subprocess.run(
+                ["git", "worktree", "remove", "--force", str(worktree)],
+                cwd=ROOT,
+                check=False,
+                capture_output=True,
+            )

@@ -11,7 +11,8 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -31,7 +32,7 @@ from sidecar.oauth.errors import (
     OAuthError,
     UnsupportedResponseType,
 )
-from sidecar.oauth.grants import Grants, digest
+from sidecar.oauth.grants import Grants
 from sidecar.oauth.pages import SCOPE_WORDS, Pages, add_cookies, form_action_source
 from sidecar.oauth.params import form_params, query_params
 from sidecar.oauth.ratelimit import RateLimiter, client_ip
@@ -44,7 +45,7 @@ from sidecar.urls import InvalidURL, canonical_url
 log = structlog.get_logger("sidecar.oauth")
 
 PENDING = "pending"
-LIVE_SESSIONS = "live_sessions"  # Better Auth sessions the app confirmed lately
+CONFIRMED_SESSIONS = 10_000  # Better Auth session ids kept as lately confirmed
 MAX_STATE = 2048
 
 
@@ -57,6 +58,8 @@ class AuthorizationEndpoint:
     bridge: SessionBridge
     limiter: RateLimiter
     pages: Pages
+    # Better Auth session id -> until when the app's confirmation holds.
+    _confirmed: OrderedDict[str, float] = field(default_factory=OrderedDict)
 
     async def limited(self, request: Request) -> Response | None:
         """A 429 page when this IP is over rate_limit_per_ip, else None."""
@@ -319,8 +322,8 @@ class AuthorizationEndpoint:
         if user is None or session.source != "cookie":
             return session  # anonymous, or the app was asked just now
         ttl = self.settings.session_recheck_seconds
-        key = digest(user.session_id or "")
-        if ttl > 0 and user.session_id and await self.store.get(LIVE_SESSIONS, key) is not None:
+        now = time.monotonic()
+        if ttl > 0 and user.session_id and self._confirmed.get(user.session_id, 0.0) > now:
             return session
         confirmed = await self.who(request, confirm=True)
         cookies = session.set_cookies + confirmed.set_cookies
@@ -328,7 +331,12 @@ class AuthorizationEndpoint:
             log.info("session ended in the app; signing in again", sub=user.sub)
             return SessionLookup(None, cookies)
         if ttl > 0 and user.session_id:
-            await self.store.put(LIVE_SESSIONS, key, {}, ttl=ttl)
+            # Kept in this process (each replica asks the app once per period):
+            # the hot path of a remembered consent stays free of store reads.
+            self._confirmed[user.session_id] = now + ttl
+            self._confirmed.move_to_end(user.session_id)
+            while len(self._confirmed) > CONFIRMED_SESSIONS:
+                self._confirmed.popitem(last=False)
         return SessionLookup(confirmed.user, cookies, confirmed.source)
 
     def login_redirect(self, pending: dict[str, Any], cookies: list[bytes]) -> Response:

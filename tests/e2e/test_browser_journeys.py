@@ -375,3 +375,53 @@ def test_connected_apps_from_sign_in_to_revoke(
     # Asked again next time, since the consent was forgotten.
     page.goto(person.base + client.authorize_url(scope="openid email"))
     page.get_by_role("button", name="Allow").wait_for()
+
+
+@pytest.fixture(scope="module")
+def short_lived_stack() -> Iterator[Stack]:
+    """Pending authorizations that expire after one second."""
+    from tests.e2e.conftest import start_stack
+
+    stack = start_stack({}, {"SIDECAR_PENDING_AUTHORIZATION_TTL": "1"})
+    yield stack
+    stack.sidecar.stop()
+    stack.app.stop()
+
+
+def test_allow_on_a_pending_request_that_expired_shows_why_and_sends_nowhere(
+    chromium: Any, short_lived_stack: Stack, loopback_client: LoopbackClient
+) -> None:
+    base = short_lived_stack.sidecar.url
+    account = Browser(base).sign_up("Annie Easley")
+    client = OAuthClient(base)
+    client.register(client_name="Slow Reader")
+    for who in _person(chromium, short_lived_stack, loopback_client):
+        who.sign_in_by_api(account.email)
+        who.page.goto(base + client.authorize_url(scope="openid"))
+        allow = who.page.get_by_role("button", name="Allow")
+        allow.wait_for()
+        who.page.wait_for_timeout(2500)  # the person reads slowly
+        allow.click()
+        who.page.get_by_role("heading", name="This sign-in request has expired").wait_for()
+        assert who.arrived == []
+        screenshot(who.page, "error-expired-after-allow")
+
+
+def test_the_pages_pass_an_accessibility_scan_in_dark_mode(
+    chromium: Any,
+    oauth_stack: Stack,
+    loopback_client: LoopbackClient,
+    account: Browser,
+    client: OAuthClient,
+) -> None:
+    from axe_playwright_python.sync_playwright import Axe
+
+    for who in _person(chromium, oauth_stack, loopback_client, color_scheme="dark"):
+        who.sign_in_by_api(account.email)
+        for url in (client.authorize_url(scope="openid"), "/oauth/account"):
+            who.page.goto(who.base + url)
+            results = Axe().run(who.page)
+            serious = [
+                v for v in results.response["violations"] if v["impact"] in ("serious", "critical")
+            ]
+            assert serious == [], (url, serious)

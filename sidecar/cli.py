@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     clients_sub.add_parser("list", help="list registered clients")
     remove = clients_sub.add_parser("remove", help="remove a client")
     remove.add_argument("client_id")
+    clients_sub.add_parser(
+        "prune",
+        help="forget self-registered clients never used (registration_unused_ttl)",
+    )
 
     grants = sub.add_parser("grants", help="what people have granted to clients")
     _config_args(grants)
@@ -182,6 +186,20 @@ async def _clients(settings: Settings, args: argparse.Namespace) -> int:
                     f"{client.client_id}\t{client.source}\t{client.token_endpoint_auth_method}"
                     f"\t{client.client_name or '-'}\t{' '.join(client.redirect_uris)}"
                 )
+            return 0
+        if args.clients_command == "prune":
+            if not settings.registration_unused_ttl:
+                print("registration_unused_ttl is 0: registrations are kept; nothing pruned")
+                return 0
+            from sidecar.keys import load_keyset
+            from sidecar.oauth.grants import Grants
+
+            grants = Grants(settings, store, load_keyset(settings))
+            holding = {str(g["client_id"]) for g in await grants.all_grants()}
+            removed = await registry.prune(settings.registration_unused_ttl, holding)
+            for client_id in removed:
+                print(f"removed {client_id}")
+            print(f"pruned {len(removed)} unused client{'s' if len(removed) != 1 else ''}")
             return 0
         if args.clients_command == "remove":
             if await registry.remove(args.client_id):

@@ -88,6 +88,10 @@ class Settings:
     resources: tuple[Resource, ...] = ()
     access_token_ttl: int = 3600
     refresh_token_ttl: int = 30 * 86400
+    # A just-rotated refresh token presented again within this many seconds
+    # (a lost answer retried, two processes racing) gets the same successor;
+    # later, or an older token, revokes the grant. 0: strict.
+    refresh_reuse_grace_seconds: int = 30
     code_ttl: int = 60
     pending_authorization_ttl: int = 600
     # A grant rests on a live session: the app confirms it at most this often
@@ -99,6 +103,9 @@ class Settings:
     # hierarchies"): a granted scope also counts as each scope it includes.
     scope_includes: tuple[tuple[str, tuple[str, ...]], ...] = ()
     registration_rate_limit: int = 30
+    # A dynamically registered client that never completes an authorization
+    # is forgotten after this many seconds (0: kept forever).
+    registration_unused_ttl: int = 86400
     # Limits on what one client can cost (README, "Security").
     rate_limit_per_ip: int = 300  # authorize, consent and token requests per IP per minute
     rate_limit_per_client: int = 600  # token requests per client per minute
@@ -507,6 +514,8 @@ def _build(raw: Mapping[str, Any]) -> Settings:
         values["resources"] = _as_resources("resources", raw["resources"], public_url)
     take("access_token_ttl", lambda k, v: _as_int(k, v, 30, 86400))
     take("refresh_token_ttl", lambda k, v: _as_int(k, v, 60))
+    take("refresh_reuse_grace_seconds", lambda k, v: _as_int(k, v, 0, 300))
+    take("registration_unused_ttl", lambda k, v: _as_int(k, v, 0))
     take("code_ttl", lambda k, v: _as_int(k, v, 5, 600))
     take("pending_authorization_ttl", lambda k, v: _as_int(k, v, 1, 3600))
     take("session_recheck_seconds", lambda k, v: _as_int(k, v, 0, 900))

@@ -44,6 +44,7 @@ class Client:
     client_secret_hash: str | None = None
     client_id_issued_at: int = 0
     source: str = "dcr"  # dcr, cli or cimd
+    in_use: bool = False  # a dcr client that completed an authorization is kept
 
     @property
     def is_public(self) -> bool:
@@ -69,6 +70,7 @@ class Client:
         data = asdict(self)
         data.pop("client_secret_hash")
         data.pop("source")
+        data.pop("in_use")
         if data["scope"] is None:
             data.pop("scope")
         return {k: v for k, v in data.items() if v is not None}
@@ -244,8 +246,34 @@ class ClientRegistry:
                 return await self.documents.client(client_id)
         return None
 
-    async def add(self, client: Client) -> None:
-        await self.store.put(NS, client.client_id, asdict(client))
+    async def add(self, client: Client, ttl: float | None = None) -> None:
+        """``ttl``: a self-registered client is forgotten unless it is used
+        (``registration_unused_ttl``); operators' clients are kept."""
+        await self.store.put(NS, client.client_id, asdict(client), ttl=ttl)
+
+    async def mark_in_use(self, client: Client) -> None:
+        """A self-registered client completed an authorization: keep it.
+        Clients pile up otherwise (one per re-registration of every install)."""
+        if client.source == "dcr" and not client.in_use:
+            client.in_use = True
+            await self.store.put(NS, client.client_id, asdict(client))
+
+    async def prune(self, unused_for: float, in_use: set[str]) -> list[str]:
+        """Forget self-registered clients never used for ``unused_for``
+        seconds (those registered before registrations expired by themselves
+        too); a client named in ``in_use`` (it holds a live grant) is kept."""
+        cutoff = time.time() - unused_for
+        removed = []
+        for client in await self.all():
+            if (
+                client.source == "dcr"
+                and not client.in_use
+                and client.client_id not in in_use
+                and client.client_id_issued_at < cutoff
+            ):
+                await self.store.delete(NS, client.client_id)
+                removed.append(client.client_id)
+        return removed
 
     async def remove(self, client_id: str) -> bool:
         existed = await self.store.get(NS, client_id) is not None

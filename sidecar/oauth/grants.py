@@ -6,12 +6,16 @@ id, so revoking a grant (a replayed code, a replayed refresh token, a
 revocation request) stops all of them at once.
 
 Single use is one atomic ``swap`` in the store: of any number of concurrent
-redemptions of one code or refresh token, exactly one sees it unused.
+redemptions of one code, exactly one sees it unused. A refresh token is
+rotated by one atomic ``put_if_absent`` of its rotation record, which names
+its successor (see :meth:`Grants.rotate_refresh` for the grace period).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import os
 import secrets
 import time
 import uuid
@@ -19,16 +23,27 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+import structlog
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from sidecar.config import Settings
 from sidecar.keys import KeySet
 from sidecar.oauth.errors import InvalidGrant, InvalidToken
+from sidecar.observability.metrics import token_event
 from sidecar.store import Store
 
 CODES, GRANTS, REFRESH, REVOKED, CONSENTS = "codes", "grants", "refresh", "revoked_jti", "consents"
 # Last refresh per grant, apart from the grant record: a refresh never
 # rewrites the record that holds ``revoked``, so it cannot undo a revocation.
 ACTIVITY = "grant_activity"
+# digest(refresh token) -> its rotation: when, and its successor sealed under
+# a key only the holder of the rotated token can derive.
+ROTATED = "refresh_rotated"
+
+log = structlog.get_logger("sidecar.oauth")
 CONSENT_TTL = 180 * 86400
 ACCESS_TOKEN_TYPE = "at+jwt"  # RFC 9068 section 2.1
 LEEWAY = 5
@@ -37,6 +52,35 @@ LEEWAY = 5
 def digest(token: str) -> str:
     """Codes and refresh tokens are stored hashed: a store dump holds none."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _successor_key(token: str) -> bytes:
+    return HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None, info=b"sidecar refresh successor"
+    ).derive(token.encode())
+
+
+def seal_successor(successor: str, token: str) -> str:
+    """The successor, readable only with the token it replaced: a store dump
+    holds no usable refresh token (the store keeps hashes otherwise)."""
+    nonce = os.urandom(12)
+    sealed = AESGCM(_successor_key(token)).encrypt(
+        nonce, successor.encode(), digest(token).encode()
+    )
+    return base64.urlsafe_b64encode(nonce + sealed).decode()
+
+
+def open_successor(sealed: str, token: str) -> str:
+    raw = base64.urlsafe_b64decode(sealed)
+    plain = AESGCM(_successor_key(token)).decrypt(raw[:12], raw[12:], digest(token).encode())
+    return plain.decode()
+
+
+@dataclass(frozen=True)
+class Rotation:
+    record: dict[str, Any]  # the presented refresh token's record
+    successor: str  # the refresh token to answer with
+    grace: bool  # a retry or race answered with the first answer's successor
 
 
 @dataclass(frozen=True)
@@ -187,7 +231,10 @@ class Grants:
         nonce: str | None = None,
         auth_time: int | None = None,
         with_id_token: bool = True,
+        refresh_token: str | None = None,
     ) -> IssuedTokens:
+        """``refresh_token``: the successor a rotation chose (its record is
+        written only if absent: a grace answer repeats the first one)."""
         now = int(time.time())
         ttl = self.settings.access_token_ttl
         claims = {
@@ -202,10 +249,12 @@ class Grants:
             "gid": grant_id,
         }
         access_token = self.keys.sign(claims, typ=ACCESS_TOKEN_TYPE)
-        refresh_token = None
-        if with_refresh:
+        if not with_refresh:
+            refresh_token = None
+        elif refresh_token is None:
             refresh_token = f"{grant_id}.{secrets.token_urlsafe(32)}"
-            await self.store.put(
+        if refresh_token is not None:
+            await self.store.put_if_absent(
                 REFRESH,
                 digest(refresh_token),
                 {
@@ -237,33 +286,73 @@ class Grants:
             id_token = self.keys.sign(id_claims, typ="JWT")
         return IssuedTokens(access_token, ttl, scope, refresh_token, id_token)
 
-    async def rotate_refresh(self, token: str, client_id: str) -> dict[str, Any]:
-        """The refresh token's record, once; a replay revokes the family
-        (RFC 9700 section 4.14.2)."""
+    async def rotate_refresh(self, token: str, client_id: str) -> Rotation:
+        """Rotate a refresh token (RFC 9700 section 4.14.2), surviving what
+        real clients do. The first use records the rotation and its successor
+        in one atomic ``put_if_absent``; of any number of concurrent uses,
+        exactly one wins. Presented again within
+        ``refresh_reuse_grace_seconds`` (a lost answer retried, two processes
+        sharing one credentials file), while its successor has not been
+        rotated in turn, it is answered with that same successor, so every
+        racer ends up holding the one live token. Later, or for any older
+        token, the reuse is read as theft and the grant is revoked."""
         grant_id, sep, _ = token.partition(".")
         if not sep or len(token) > 512:
             raise InvalidGrant("invalid refresh token")
         key = digest(token)
-        if await self.store.get(REFRESH, key) is None:
+        record = await self.store.get(REFRESH, key)
+        if record is None:
             raise InvalidGrant("invalid or expired refresh token")
-        # A revoked grant is refused before the swap. Checked after it, a
-        # replay racing the one genuine use could revoke the grant in between
-        # and leave no use succeeding; this way the genuine use gets its
-        # answer, and every token in it carries the revoked grant's id.
+        # A revoked grant is refused first, so that a replay that revoked it
+        # cannot be followed by a grace answer.
         if await self.is_grant_revoked(grant_id):
             raise InvalidGrant("this grant has been revoked")
-        old = await self.store.swap(
-            REFRESH, key, {"used": True, "grant_id": grant_id}, ttl=self.settings.refresh_token_ttl
-        )
-        if old is None:
+        if record.get("used"):
+            # Rotated by a version without rotation records: strict as then.
+            await self.revoke_for_reuse(grant_id, client_id, "rotated before grace existed")
+        if record["client_id"] != client_id:
+            await self.revoke_for_reuse(
+                grant_id,
+                client_id,
+                "presented by another client",
+                "refresh token was issued to another client; its grant is revoked",
+            )
+        successor = f"{grant_id}.{secrets.token_urlsafe(32)}"
+        now = time.time()
+        rotation = {"grant_id": grant_id, "at": now, "sealed": seal_successor(successor, token)}
+        if await self.store.put_if_absent(
+            ROTATED, key, rotation, ttl=self.settings.refresh_token_ttl
+        ):
+            return Rotation(record, successor, grace=False)
+        first = await self.store.get(ROTATED, key)
+        if first is None:
             raise InvalidGrant("invalid or expired refresh token")
-        if old.get("used"):
-            await self.revoke_grant(grant_id)
-            raise InvalidGrant("refresh token already used; the whole grant is revoked")
-        if old["client_id"] != client_id:
-            # Put nothing back: a token presented by another client is burnt.
-            raise InvalidGrant("refresh token was issued to another client")
-        return old
+        grace = self.settings.refresh_reuse_grace_seconds
+        if grace <= 0 or now - float(first["at"]) > grace:
+            await self.revoke_for_reuse(grant_id, client_id, "reused after the grace period")
+        try:
+            successor = open_successor(str(first["sealed"]), token)
+        except (InvalidTag, ValueError):
+            raise InvalidGrant("invalid refresh token") from None
+        if await self.store.get(ROTATED, digest(successor)) is not None:
+            # Its successor was rotated too: this is an older token.
+            await self.revoke_for_reuse(grant_id, client_id, "an older token reused")
+        return Rotation(record, successor, grace=True)
+
+    async def revoke_for_reuse(
+        self,
+        grant_id: str,
+        client_id: str,
+        why: str,
+        message: str = "refresh token already used; the whole grant is revoked",
+    ) -> None:
+        """The grant of a reused refresh token ends (and only that grant)."""
+        await self.revoke_grant(grant_id)
+        token_event("revoked", "refresh_reuse")
+        log.warning(
+            "refresh token reuse; grant revoked", client_id=client_id, grant_id=grant_id, why=why
+        )
+        raise InvalidGrant(message)
 
     async def revoke_refresh(self, token: str) -> bool:
         _grant_id, sep, _ = token.partition(".")

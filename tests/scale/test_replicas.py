@@ -169,25 +169,63 @@ def test_one_hundred_concurrent_redemptions_across_replicas_succeed_exactly_once
     assert again.json()["error"] == "invalid_grant"
 
 
-def test_fifty_concurrent_uses_of_one_refresh_token_give_one_pair_and_revoke_the_family(
+def test_fifty_concurrent_refreshes_across_replicas_all_get_one_and_the_same_new_token(
     cluster: Cluster,
 ) -> None:
+    """Several processes of one client sharing a credentials file refresh at
+    once, through different replicas: within the grace period every one gets
+    the same successor, so none of them loses the session."""
     client_id = cluster.register()
     _, [token], _ = asyncio.run(cluster.mint(client_id))
     form = {"grant_type": "refresh_token", "refresh_token": token, "client_id": client_id}
     responses = asyncio.run(post_all([(cluster.url(i) + "/oauth/token", form) for i in range(50)]))
     statuses = Counter(r.status_code for r in responses)
-    assert statuses == {200: 1, 400: 49}, statuses
-    pair = next(r for r in responses if r.status_code == 200).json()
+    assert statuses == {200: 50}, statuses
+    successors = {r.json()["refresh_token"] for r in responses}
+    assert len(successors) == 1
+    access = {r.json()["access_token"] for r in responses}
+    assert len(access) == 50  # each racer gets its own access token
+    # Afterwards exactly that token works, on any replica.
+    [successor] = successors
     rotated = httpx.post(
         cluster.url(2) + "/oauth/token",
-        data={
-            "grant_type": "refresh_token",
-            "refresh_token": pair["refresh_token"],
-            "client_id": client_id,
-        },
+        data={"grant_type": "refresh_token", "refresh_token": successor, "client_id": client_id},
     )
-    assert rotated.json()["error"] == "invalid_grant"
+    assert rotated.status_code == 200, rotated.text
+
+
+def test_a_refresh_token_reused_after_the_grace_period_revokes_the_grant_on_every_replica(
+    upstream: Process,
+) -> None:
+    c = start_cluster(upstream, SIDECAR_REFRESH_REUSE_GRACE_SECONDS="1")
+    try:
+        client_id = c.register()
+        _, [token], _ = asyncio.run(c.mint(client_id))
+        form = {"grant_type": "refresh_token", "refresh_token": token, "client_id": client_id}
+        pair = httpx.post(c.url(0) + "/oauth/token", data=form).json()
+        time.sleep(1.3)
+        late = httpx.post(c.url(1) + "/oauth/token", data=form)
+        assert late.json()["error"] == "invalid_grant"
+        auth = {"Authorization": f"Bearer {pair['access_token']}"}
+        for i in range(3):
+            again = httpx.post(
+                c.url(i) + "/oauth/token",
+                data={**form, "refresh_token": pair["refresh_token"]},
+            )
+            assert again.json()["error"] == "invalid_grant"
+            assert httpx.get(c.url(i) + "/oauth/userinfo", headers=auth).status_code == 401
+        # One line says which client and grant, and no token value.
+        lines = [r for p in c.replicas for r in p.log_records() if "reuse" in str(r.get("event"))]
+        assert len(lines) == 1
+        assert lines[0]["client_id"] == client_id
+        assert lines[0]["grant_id"] == token.split(".", 1)[0]
+        text = "".join(p.log_text() for p in c.replicas)
+        assert token not in text
+        assert pair["refresh_token"] not in text
+    finally:
+        for p in c.replicas:
+            p.stop()
+        c.redis.stop()
 
 
 def test_rate_limits_hold_across_replicas(upstream: Process) -> None:

@@ -1,0 +1,157 @@
+"""Refresh rotation as real clients use it, on every store backend: a lost
+answer retried, processes racing, a late replay and an older token."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from sidecar.config import load_settings
+from sidecar.keys import load_keyset
+from sidecar.oauth.errors import InvalidGrant
+from sidecar.oauth.grants import REFRESH, ROTATED, Grants, digest
+from sidecar.store import Store
+
+pytestmark = pytest.mark.anyio
+
+
+def grants_on(store: Store, tmp_path: Path, grace: int = 30) -> Grants:
+    settings = load_settings(
+        env={
+            "SIDECAR_DATA_DIR": str(tmp_path / "keys"),
+            "SIDECAR_REFRESH_REUSE_GRACE_SECONDS": str(grace),
+        }
+    )
+    return Grants(settings, store, load_keyset(settings))
+
+
+async def first_pair(grants: Grants, grant_id: str = "g1", sub: str = "ada") -> str:
+    await grants.start_grant(
+        grant_id,
+        {"client_id": "c", "sub": sub, "scope": ["openid"], "resource": grants.settings.public_url},
+    )
+    issued = await grants.issue(
+        grant_id=grant_id,
+        client_id="c",
+        sub=sub,
+        scope=["openid"],
+        resource=grants.settings.public_url,
+        with_refresh=True,
+        user={},
+        with_id_token=False,
+    )
+    assert issued.refresh_token
+    return issued.refresh_token
+
+
+async def refresh(grants: Grants, token: str) -> str:
+    """What the token endpoint does with a refresh token: rotate, then store
+    the successor's record as issue() does."""
+    rotation = await grants.rotate_refresh(token, "c")
+    issued = await grants.issue(
+        grant_id=rotation.record["grant_id"],
+        client_id="c",
+        sub=rotation.record["sub"],
+        scope=rotation.record["scope"],
+        resource=rotation.record["resource"],
+        with_refresh=True,
+        user={},
+        with_id_token=False,
+        refresh_token=rotation.successor,
+    )
+    assert issued.refresh_token == rotation.successor
+    return rotation.successor
+
+
+async def test_a_retried_refresh_gets_the_same_successor_and_keeps_the_grant(
+    store: Store, tmp_path: Path
+) -> None:
+    grants = grants_on(store, tmp_path)
+    rt1 = await first_pair(grants)
+    rt2 = await refresh(grants, rt1)
+    again = await refresh(grants, rt1)  # the answer was lost; the client retries
+    assert again == rt2
+    assert not await grants.is_grant_revoked("g1")
+    rt3 = await refresh(grants, rt2)  # and the session goes on
+    assert rt3 not in (rt1, rt2)
+
+
+async def test_racing_refreshes_all_end_up_holding_one_live_token(
+    store: Store, tmp_path: Path
+) -> None:
+    grants = grants_on(store, tmp_path)
+    rt1 = await first_pair(grants)
+    answers = await asyncio.gather(*(refresh(grants, rt1) for _ in range(20)))
+    assert len(set(answers)) == 1
+    assert not await grants.is_grant_revoked("g1")
+    assert await refresh(grants, answers[0])
+
+
+async def test_a_replay_after_the_grace_period_revokes_the_grant(
+    store: Store, tmp_path: Path
+) -> None:
+    grants = grants_on(store, tmp_path, grace=1)
+    rt1 = await first_pair(grants)
+    rt2 = await refresh(grants, rt1)
+    await asyncio.sleep(1.3)
+    with pytest.raises(InvalidGrant):
+        await refresh(grants, rt1)
+    assert await grants.is_grant_revoked("g1")
+    with pytest.raises(InvalidGrant):
+        await refresh(grants, rt2)
+
+
+async def test_an_older_token_reused_within_the_grace_period_revokes_the_grant(
+    store: Store, tmp_path: Path
+) -> None:
+    grants = grants_on(store, tmp_path)
+    rt1 = await first_pair(grants)
+    rt2 = await refresh(grants, rt1)
+    await refresh(grants, rt2)  # rt1 is now two rotations old
+    with pytest.raises(InvalidGrant):
+        await refresh(grants, rt1)
+    assert await grants.is_grant_revoked("g1")
+
+
+async def test_strict_mode_revokes_on_any_reuse(store: Store, tmp_path: Path) -> None:
+    grants = grants_on(store, tmp_path, grace=0)
+    rt1 = await first_pair(grants)
+    await refresh(grants, rt1)
+    with pytest.raises(InvalidGrant):
+        await refresh(grants, rt1)
+    assert await grants.is_grant_revoked("g1")
+
+
+async def test_a_reuse_revokes_only_its_own_grant(store: Store, tmp_path: Path) -> None:
+    """Two machines of one person with one (CIMD) client id, and another
+    person of the same client: three grants, one replayed."""
+    grants = grants_on(store, tmp_path, grace=0)
+    laptop = await first_pair(grants, "laptop", "ada")
+    desktop = await first_pair(grants, "desktop", "ada")
+    someone = await first_pair(grants, "someone", "bob")
+    await refresh(grants, laptop)
+    with pytest.raises(InvalidGrant):
+        await refresh(grants, laptop)
+    assert await grants.is_grant_revoked("laptop")
+    assert not await grants.is_grant_revoked("desktop")
+    assert not await grants.is_grant_revoked("someone")
+    assert await refresh(grants, desktop)
+    assert await refresh(grants, someone)
+
+
+async def test_the_store_keeps_no_usable_refresh_token(store: Store, tmp_path: Path) -> None:
+    grants = grants_on(store, tmp_path)
+    rt1 = await first_pair(grants)
+    rt2 = await refresh(grants, rt1)
+    rotation = await store.get(ROTATED, digest(rt1))
+    assert rotation is not None
+    dumped = repr(rotation) + repr(await store.scan(REFRESH)) + repr(await store.scan(ROTATED))
+    for token in (rt1, rt2):
+        assert token not in dumped
+        assert token.split(".", 1)[1] not in dumped
+    started = time.monotonic()
+    assert await refresh(grants, rt1) == rt2  # only the holder of rt1 can read it
+    assert time.monotonic() - started < 5

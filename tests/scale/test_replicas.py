@@ -194,6 +194,27 @@ def test_fifty_concurrent_refreshes_across_replicas_all_get_one_and_the_same_new
     assert rotated.status_code == 200, rotated.text
 
 
+def test_a_retry_on_another_replica_gets_the_same_token_and_an_older_one_revokes_everywhere(
+    cluster: Cluster,
+) -> None:
+    client_id = cluster.register()
+    _, [rt1], _ = asyncio.run(cluster.mint(client_id))
+
+    def refresh(i: int, token: str) -> httpx.Response:
+        form = {"grant_type": "refresh_token", "refresh_token": token, "client_id": client_id}
+        return httpx.post(cluster.url(i) + "/oauth/token", data=form)
+
+    rt2 = refresh(0, rt1).json()["refresh_token"]
+    retried = refresh(1, rt1)  # the answer from replica 0 was lost
+    assert retried.status_code == 200
+    assert retried.json()["refresh_token"] == rt2
+    rt3 = refresh(2, rt2).json()["refresh_token"]
+    older = refresh(1, rt1)  # rt1 is two rotations old now
+    assert older.json()["error"] == "invalid_grant"
+    for i in range(3):
+        assert refresh(i, rt3).json()["error"] == "invalid_grant"
+
+
 def test_a_refresh_token_reused_after_the_grace_period_revokes_the_grant_on_every_replica(
     upstream: Process,
 ) -> None:

@@ -10,7 +10,7 @@ NODE_DIR := tests/e2e/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install node run test lint bench fuzz demo screenshots clean
+.PHONY: install node node-compat run test test-compat lint bench fuzz demo screenshots clean
 
 install: $(STAMP)
 
@@ -31,11 +31,28 @@ $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 		echo "npm not found: the end-to-end tests will be skipped"; \
 	fi
 
+# The oldest Better Auth that @convex-dev/better-auth 0.12.5 accepts; the
+# fixture's server.mjs is copied beside its node_modules, so that its imports
+# resolve there.
+COMPAT_DIR := tests/e2e/node-compat
+COMPAT_STAMP := $(COMPAT_DIR)/node_modules/.installed
+
+node-compat: $(COMPAT_STAMP)
+
+$(COMPAT_STAMP): $(COMPAT_DIR)/package.json $(COMPAT_DIR)/package-lock.json
+	cd $(COMPAT_DIR) && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed
+
 run: install
 	$(BIN)/sidecar serve $(ARGS)
 
 test: install node
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The Better Auth end-to-end tests again, on the oldest Better Auth allowed
+# (`make test` runs the newest 1.6.x).
+test-compat: install node-compat
+	cp $(NODE_DIR)/server.mjs $(COMPAT_DIR)/server.mjs
+	SIDECAR_NODE_DIR=$(COMPAT_DIR) $(BIN)/pytest -q tests/e2e $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check sidecar tests bench demo fuzz
@@ -58,4 +75,4 @@ demo: install node
 	$(BIN)/python demo/run.py
 
 clean:
-	rm -rf $(VENV) $(NODE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(NODE_DIR)/node_modules $(COMPAT_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -16,7 +16,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sidecar.config import ConfigError, Resource, Settings
 from sidecar.gateway import Gateway
@@ -129,6 +129,7 @@ class SidecarApp:
             pool_size=settings.upstream_pool_size,
             connect_timeout=settings.upstream_connect_timeout,
             response_timeout=settings.upstream_response_timeout,
+            ca_file=settings.upstream_ca_file or None,
         )
         try:
             self.store: Store = InstrumentedStore(open_store(settings.store_url))
@@ -168,6 +169,13 @@ class SidecarApp:
         self._key_watch: asyncio.Task[None] | None = None
         self._jwks_cache: tuple[list[dict[str, Any]], Any] | None = None
         self.limits = SizeLimits(settings.max_query_bytes, settings.max_header_bytes)
+        # RFC 6797: only over TLS the sidecar serves itself (behind an ingress
+        # that terminates TLS, the ingress sets it for the whole origin).
+        self.hsts = (
+            f"max-age={settings.hsts_max_age}".encode()
+            if settings.serves_tls and settings.hsts_max_age
+            else None
+        )
         self.app: ASGIApp = AccessMiddleware(
             self._dispatch, self.routes.classify, log_requests=settings.access_log
         )
@@ -207,6 +215,9 @@ class SidecarApp:
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
+        if self.hsts is not None and scope["type"] == "http":
+            owned = self.routes.owns(path) or self.gateway.match(path) is not None
+            send = with_header(send, b"strict-transport-security", self.hsts) if owned else send
         if self.routes.owns(path):
             if await self.limits.refuse(scope, send, query=True):
                 return
@@ -306,6 +317,15 @@ class SidecarApp:
                 await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def with_header(send: Send, name: bytes, value: bytes) -> Send:
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), (name, value)]}
+        await send(message)
+
+    return sending
 
 
 def create_app(settings: Settings) -> SidecarApp:

@@ -135,6 +135,12 @@ class Settings:
     upstream_connect_timeout: float = 5.0
     upstream_response_timeout: float = 60.0
     upstream_pool_size: int = 512
+    upstream_ca_file: str = ""  # a private CA for an https upstream; else the system store
+    # TLS served by the sidecar itself (operators without an ingress). A
+    # certificate replaced on disk is picked up without a restart.
+    tls_certfile: str = ""
+    tls_keyfile: str = ""
+    hsts_max_age: int = 31536000  # Strict-Transport-Security on its own answers over TLS; 0: off
     shutdown_timeout: float = 30.0
     # Pages a person sees (README, "Pages and branding").
     brand_name: str = ""  # shown on every page; empty: no name
@@ -149,6 +155,10 @@ class Settings:
     access_log: bool = True
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464  # 0 turns the metrics listener off
+
+    @property
+    def serves_tls(self) -> bool:
+        return bool(self.tls_certfile)
 
     @property
     def default_resource(self) -> Resource:
@@ -478,8 +488,9 @@ def _build(raw: Mapping[str, Any]) -> Settings:
     else:
         shown_host = f"[{host}]" if ":" in host else host
         shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else shown_host
+        scheme = "https" if str(raw.get("tls_certfile", "")).strip() else "http"
         try:
-            values["public_url"] = canonical_url(f"http://{shown_host}:{port}")
+            values["public_url"] = canonical_url(f"{scheme}://{shown_host}:{port}")
         except InvalidURL:
             raise ConfigError("host", f"is not a host name or address: {host!r}") from None
     public_url = values["public_url"]
@@ -589,6 +600,16 @@ def _build(raw: Mapping[str, Any]) -> Settings:
     take("upstream_connect_timeout", lambda k, v: _as_float(k, v, 0.1))
     take("upstream_response_timeout", lambda k, v: _as_float(k, v, 0.1))
     take("upstream_pool_size", lambda k, v: _as_int(k, v, 1, 100_000))
+    for key in ("upstream_ca_file", "tls_certfile", "tls_keyfile"):
+        if key in raw and str(raw[key]).strip():
+            path = _as_str(key, raw[key])
+            if not Path(path).is_file():
+                raise ConfigError(key, f"{path} is not a readable file")
+            values[key] = path
+    if bool(values.get("tls_certfile")) != bool(values.get("tls_keyfile")):
+        missing = "tls_keyfile" if values.get("tls_certfile") else "tls_certfile"
+        raise ConfigError(missing, "tls_certfile and tls_keyfile go together")
+    take("hsts_max_age", lambda k, v: _as_int(k, v, 0))
     take("shutdown_timeout", lambda k, v: _as_float(k, v, 0.0))
     take("brand_name", _as_str)
     for key in ("brand_logo_url", "terms_url", "privacy_url"):

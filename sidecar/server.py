@@ -1,8 +1,13 @@
-"""Running the app under uvicorn: uvloop and httptools, graceful drain on SIGTERM."""
+"""Running the app under uvicorn: uvloop and httptools, graceful drain on
+SIGTERM, and TLS of its own whose certificate is reloaded when replaced."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 import signal
+import socket
 from types import FrameType
 
 import structlog
@@ -34,7 +39,41 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         timeout_graceful_shutdown=round(settings.shutdown_timeout),
         timeout_keep_alive=max(1, round(settings.idle_timeout)),
         limit_concurrency=settings.max_connections or None,
+        ssl_certfile=settings.tls_certfile or None,
+        ssl_keyfile=settings.tls_keyfile or None,
     )
+
+
+CERT_CHECK_EVERY = 2.0  # seconds, as for the signing key file
+
+
+def _mtimes(*paths: str) -> tuple[int, ...]:
+    try:
+        return tuple(os.stat(p).st_mtime_ns for p in paths)
+    except OSError:
+        return ()
+
+
+async def watch_certificate(config: uvicorn.Config, certfile: str, keyfile: str) -> None:
+    """A certificate renewed on disk (certbot, cert-manager) takes effect for
+    new connections without a restart: OpenSSL hands each new connection the
+    context's current certificate."""
+    log = structlog.get_logger("sidecar")
+    seen = _mtimes(certfile, keyfile)
+    while True:
+        await asyncio.sleep(CERT_CHECK_EVERY)
+        current = _mtimes(certfile, keyfile)
+        if not current or current == seen:
+            continue
+        seen = current
+        if config.ssl is None:
+            return
+        try:
+            config.ssl.load_cert_chain(certfile, keyfile)
+        except (OSError, ValueError) as exc:  # a half-written pair: keep serving the old one
+            log.warning("TLS certificate not reloaded", error=str(exc))
+            continue
+        log.info("TLS certificate reloaded", certfile=certfile)
 
 
 class Server(uvicorn.Server):
@@ -44,6 +83,22 @@ class Server(uvicorn.Server):
     by signal"; a sidecar that finished every in-flight request has exited
     cleanly, and orchestrators and `make run` should see that.
     """
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        settings_cert = getattr(self.config, "ssl_certfile", None)
+        if self.started and settings_cert and self.config.ssl is not None:
+            self._cert_watch = asyncio.create_task(
+                watch_certificate(self.config, str(settings_cert), str(self.config.ssl_keyfile))
+            )
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        watch = getattr(self, "_cert_watch", None)
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+        await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.should_exit:

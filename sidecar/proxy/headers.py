@@ -125,9 +125,13 @@ def client_response_headers(
     *,
     upstream_origin: bytes,
     public_origin: bytes,
+    upstream_cookie_domain: bytes | None = None,
 ) -> Headers:
     """Upstream response headers as sent to the client: hop-by-hop removed,
-    every Set-Cookie kept in order, Location on the upstream origin rewritten."""
+    every Set-Cookie kept in order, Location on the upstream origin rewritten.
+    ``upstream_cookie_domain``: the upstream's own host name, when it differs
+    from the public one; a cookie scoped to it would be refused by the browser
+    on the public origin, so its Domain attribute is dropped (host-only)."""
     raw = list(raw)
     tokens = connection_tokens((n.lower(), v) for n, v in raw)
     out: Headers = []
@@ -137,8 +141,23 @@ def client_response_headers(
             continue
         if lname == b"location":
             value = rewrite_location(value, upstream_origin, public_origin)
+        elif lname == b"set-cookie" and upstream_cookie_domain:
+            value = drop_cookie_domain(value, upstream_cookie_domain)
         out.append((lname, value))
     return out
+
+
+def drop_cookie_domain(cookie: bytes, host: bytes) -> bytes:
+    """RFC 6265 section 5.2.3: remove ``Domain=<host>`` (or ``.<host>``);
+    every other attribute, and every other byte, stays as the app sent it."""
+    parts = cookie.split(b";")
+    kept = [parts[0]]
+    for part in parts[1:]:
+        name, _, value = part.strip().partition(b"=")
+        if name.lower() == b"domain" and value.strip().lstrip(b".").lower() == host:
+            continue
+        kept.append(part)
+    return b";".join(kept) if len(kept) != len(parts) else cookie
 
 
 def rewrite_location(value: bytes, upstream_origin: bytes, public_origin: bytes) -> bytes:

@@ -45,6 +45,9 @@ class ProxyApp:
         self.upstream_host = parts.netloc.encode("latin-1")
         self.upstream_origin = settings.upstream_url.lower().encode("latin-1")
         self.public_origin = settings.public_url.encode("latin-1")
+        upstream_host = (parts.hostname or "").encode("latin-1")
+        public_host = (urlsplit(settings.public_url).hostname or "").encode("latin-1")
+        self.cookie_domain = upstream_host if upstream_host != public_host else None
         self.response_timeout = settings.upstream_response_timeout
         self.drop_prefixes = tuple(drop_header_prefixes)
 
@@ -163,6 +166,7 @@ class ProxyApp:
             response.raw_headers,
             upstream_origin=self.upstream_origin,
             public_origin=self.public_origin,
+            upstream_cookie_domain=self.cookie_domain,
         )
         if cors := scope.get("sidecar_cors"):
             present = {name for name, _ in headers}

@@ -9,6 +9,7 @@ Foreign exceptions are translated here, at one boundary, into
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -102,8 +103,15 @@ class UpstreamClient:
         pool_size: int = 512,
         connect_timeout: float = 5.0,
         response_timeout: float = 60.0,
+        ca_file: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        # An https upstream (Better Auth on <deployment>.convex.site) is
+        # verified against the system store, or a private CA's file; the
+        # certificate and SNI are those of the upstream's own host name.
+        self.ssl: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=ca_file) if ca_file else True
+        )
         self.pool_size = pool_size
         self.connect_timeout = connect_timeout
         self.response_timeout = response_timeout
@@ -116,6 +124,7 @@ class UpstreamClient:
             # A proxy must not keep a DNS answer forever, nor ask per request.
             ttl_dns_cache=10,
             keepalive_timeout=15,
+            ssl=self.ssl,
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -174,7 +183,7 @@ class UpstreamClient:
     async def websocket(
         self, target: str, headers: Sequence[tuple[str, str]], protocols: Sequence[str]
     ) -> aiohttp.ClientWebSocketResponse:
-        url = URL(self.base_url.replace("http", "ws", 1) + target, encoded=True)
+        url = URL(self.base_url.replace("http", "ws", 1) + target, encoded=True)  # https -> wss
         return await self.session.ws_connect(
             url,
             headers=headers,

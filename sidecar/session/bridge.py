@@ -15,11 +15,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import jwt
 
 from sidecar.config import Settings
 from sidecar.keys import KeySet
+from sidecar.proxy.headers import drop_cookie_domain
 from sidecar.proxy.upstream import UpstreamClient, UpstreamUnavailable
 
 SESSION_AUDIENCE = "convex"
@@ -61,6 +63,11 @@ class SessionBridge:
         base = settings.auth_base_path.rstrip("/")
         self.token_path = f"{base}/convex/token"
         self.session_path = f"{base}/get-session"
+        # Cookies the app scopes to its own host (Better Auth on Convex's
+        # .convex.site) are made host-only for the public origin, as the proxy does.
+        upstream_host = urlsplit(settings.upstream_url).hostname or ""
+        public_host = urlsplit(settings.public_url).hostname or ""
+        self.cookie_domain = upstream_host.encode() if upstream_host != public_host else None
 
     def verify_session_jwt(self, token: str) -> User | None:
         """A Convex session JWT from this deployment, or None."""
@@ -127,6 +134,8 @@ class SessionBridge:
         finally:
             response.release()
         cookies = response.set_cookies()
+        if self.cookie_domain:
+            cookies = [drop_cookie_domain(c, self.cookie_domain) for c in cookies]
         if response.status in (401, 403):
             return SessionLookup(None, cookies)
         if response.status != 200:

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -24,7 +25,8 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-NODE_DIR = ROOT / "tests" / "e2e" / "node"
+# The Better Auth fixture; `make test-compat` points this at another version's.
+NODE_DIR = Path(os.environ.get("SIDECAR_NODE_DIR") or ROOT / "tests" / "e2e" / "node").resolve()
 SHARED = ROOT.parent / "shared"
 FIXTURES = SHARED / "fixtures" / "better-auth"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -53,10 +55,12 @@ class Process:
     port: int
     log_path: Path
     extra: dict[str, object] = field(default_factory=dict)
+    scheme: str = "http"
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -103,7 +107,11 @@ def start(
     ready_path: str = "/",
     cwd: Path | None = None,
     timeout: float = 30.0,
+    scheme: str = "http",
+    verify: str | bool = True,
+    host: str = "127.0.0.1",
 ) -> Process:
+    """``scheme``/``verify``: an https server, checked against this CA file."""
     log_dir = Path(tempfile.mkdtemp(prefix=f"sidecar-test-{name}-"))
     log_path = log_dir / "output.log"
     full_env = {**os.environ, **(env or {})}
@@ -112,13 +120,16 @@ def start(
         argv, stdout=log_file, stderr=subprocess.STDOUT, env=full_env, cwd=cwd or ROOT
     )
     log_file.close()
-    process = Process(name, popen, port, log_path)
+    process = Process(name, popen, port, log_path, scheme=scheme, host=host)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if popen.poll() is not None:
             raise RuntimeError(f"{name} exited with {popen.returncode}:\n{process.log_text()}")
         try:
-            httpx.get(process.url + ready_path, timeout=1.0)
+            checked = (
+                ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+            )
+            httpx.get(process.url + ready_path, timeout=1.0, verify=checked)
             return process
         except httpx.HTTPError:
             time.sleep(0.05)
@@ -149,9 +160,11 @@ def sidecar_env(upstream_url: str, port: int, **extra: str) -> dict[str, str]:
 def start_sidecar(
     upstream_url: str, port: int | None = None, cwd: Path | None = None, **extra: str
 ) -> Process:
-    """``cwd``: another checkout's sidecar (the benchmark's baseline)."""
+    """``cwd``: another checkout's sidecar (the benchmark's baseline). With
+    ``SIDECAR_TLS_CERTFILE`` it serves https, checked against ``TEST_CA_FILE``."""
     port = port or free_port()
     env = sidecar_env(upstream_url, port, **extra)
+    tls = bool(env.get("SIDECAR_TLS_CERTFILE"))
     process = start(
         "sidecar",
         [sys.executable, "-m", "sidecar", "serve"],
@@ -159,6 +172,8 @@ def start_sidecar(
         env=env,
         ready_path="/oauth/healthz",
         cwd=cwd,
+        scheme="https" if tls else "http",
+        verify=env.get("TEST_CA_FILE", True) if tls else True,
     )
     process.extra["env"] = env
     return process
@@ -201,6 +216,7 @@ def start_better_auth(port: int | None = None, **extra: str) -> Process:
     )
     port = port or free_port()
     env = {"PORT": str(port), **extra}
+    tls = bool(env.get("TLS_CERT"))
     return start(
         "better-auth",
         ["node", "server.mjs"],
@@ -208,6 +224,10 @@ def start_better_auth(port: int | None = None, **extra: str) -> Process:
         env=env,
         ready_path="/healthz",
         cwd=NODE_DIR,
+        scheme="https" if tls else "http",
+        verify=env.get("TEST_CA_FILE", True) if tls else True,
+        # Served over TLS under a host name of its own (its certificate's).
+        host="localhost" if tls else "127.0.0.1",
     )
 
 
@@ -444,3 +464,56 @@ def start_redis_tls() -> Process:
         time.sleep(0.05)
     process.stop(signal.SIGKILL)
     raise RuntimeError(f"redis-server with TLS did not start:\n{process.log_text()}")
+
+
+def nginx_available() -> bool:
+    return shutil.which("nginx") is not None
+
+
+def start_nginx_tls(upstream_port: int, cert: Path, key: Path, ca: Path) -> Process:
+    """nginx terminating TLS in front of a sidecar, as an ingress would:
+    X-Forwarded-Proto https and the client's address, from a trusted peer."""
+    require(nginx_available(), "nginx is not installed (apt-get install nginx-light)")
+    port = free_port()
+    directory = Path(tempfile.mkdtemp(prefix="sidecar-nginx-"))
+    (directory / "nginx.conf").write_text(
+        f"""
+worker_processes 1;
+daemon off;
+pid {directory}/nginx.pid;
+error_log {directory}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+  access_log off;
+  client_body_temp_path {directory}/body;
+  proxy_temp_path {directory}/proxy;
+  fastcgi_temp_path {directory}/fastcgi;
+  uwsgi_temp_path {directory}/uwsgi;
+  scgi_temp_path {directory}/scgi;
+  upstream sidecar {{ server 127.0.0.1:{upstream_port}; keepalive 16; }}
+  server {{
+    listen 127.0.0.1:{port} ssl;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    location / {{
+      proxy_pass http://sidecar;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $http_host;
+      proxy_set_header X-Forwarded-Proto https;
+      proxy_set_header X-Forwarded-Host $http_host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_buffering off;
+    }}
+  }}
+}}
+"""
+    )
+    return start(
+        "nginx",
+        ["nginx", "-p", str(directory), "-c", str(directory / "nginx.conf")],
+        port=port,
+        ready_path="/oauth/healthz",
+        scheme="https",
+        verify=str(ca),
+    )

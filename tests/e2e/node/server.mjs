@@ -9,7 +9,14 @@
 //   TRUSTED_ORIGINS  comma-separated extra trusted origins (the sidecar's)
 //   BETTER_AUTH_URL  the app's public base URL
 //   PUBLIC_URL       the origin clients see (the sidecar's), for MCP challenges
+//   AUTH_BASE_PATH   Better Auth's basePath (default /api/auth)
+//   TLS_CERT, TLS_KEY  serve https with these PEM files (Better Auth hosted on
+//                    its own https origin, as on <deployment>.convex.site)
+//   COOKIE_DOMAIN    scope Better Auth's cookies to this domain
+//   CROSS_DOMAIN_SITE_URL  add the crossDomain plugin for this site
+import fs from "node:fs";
 import http from "node:http";
+import https from "node:https";
 
 const port = Number(process.env.PORT ?? 3000);
 process.env.CONVEX_SITE_URL ??= `http://127.0.0.1:${port}`;
@@ -18,7 +25,7 @@ process.env.BETTER_AUTH_SECRET ??= "e2e-secret-0123456789abcdef0123456789abcdef"
 const { betterAuth } = await import("better-auth");
 const { memoryAdapter } = await import("better-auth/adapters/memory");
 const { toNodeHandler } = await import("better-auth/node");
-const { convex } = await import("@convex-dev/better-auth/plugins");
+const { convex, crossDomain } = await import("@convex-dev/better-auth/plugins");
 const { getAuthConfigProvider } = await import("@convex-dev/better-auth/auth-config");
 
 const jwks = process.env.JWKS || undefined;
@@ -28,14 +35,26 @@ const trustedOrigins = (process.env.TRUSTED_ORIGINS ?? "")
   .map((o) => o.trim())
   .filter(Boolean);
 
+const basePath = process.env.AUTH_BASE_PATH ?? "/api/auth";
+const tls = process.env.TLS_CERT
+  ? { cert: fs.readFileSync(process.env.TLS_CERT), key: fs.readFileSync(process.env.TLS_KEY) }
+  : null;
+const plugins = [convex({ authConfig, jwks })];
+if (process.env.CROSS_DOMAIN_SITE_URL) {
+  plugins.push(crossDomain({ siteUrl: process.env.CROSS_DOMAIN_SITE_URL }));
+}
 const db = { user: [], session: [], account: [], verification: [], jwks: [] };
 const auth = betterAuth({
-  baseURL: process.env.BETTER_AUTH_URL ?? `http://127.0.0.1:${port}`,
+  baseURL: process.env.BETTER_AUTH_URL ?? `${tls ? "https" : "http"}://127.0.0.1:${port}`,
+  basePath,
   database: memoryAdapter(db),
   emailAndPassword: { enabled: true },
   trustedOrigins,
-  plugins: [convex({ authConfig, jwks })],
+  plugins,
   logger: { level: "error" },
+  advanced: process.env.COOKIE_DOMAIN
+    ? { crossSubDomainCookies: { enabled: true, domain: process.env.COOKIE_DOMAIN } }
+    : {},
 });
 // Outside Convex, convex() drops every write unless the adapter says it runs
 // in a mutation context (REFERENCES.md).
@@ -148,7 +167,7 @@ const loginPage = `<!doctype html><html lang="en"><head><meta charset="utf-8">
 document.getElementById("f").addEventListener("submit", async (event) => {
   event.preventDefault();
   const form = new FormData(event.target);
-  const r = await fetch("/api/auth/sign-in/email", {
+  const r = await fetch("${basePath}/sign-in/email", {
     method: "POST",
     headers: { "content-type": "application/json" },
     body: JSON.stringify({ email: form.get("email"), password: form.get("password") }),
@@ -160,8 +179,8 @@ document.getElementById("f").addEventListener("submit", async (event) => {
 });
 </script></body></html>`;
 
-const server = http.createServer((req, res) => {
-  if (req.url.startsWith("/api/auth")) {
+const handler = (req, res) => {
+  if (req.url.startsWith(basePath)) {
     return authHandler(req, res);
   }
   if (req.url.startsWith("/login")) {
@@ -179,9 +198,15 @@ const server = http.createServer((req, res) => {
     res.writeHead(200, { "content-type": "text/plain" });
     return res.end("ok");
   }
+  if (req.url.startsWith("/redirect-home")) {
+    // The app naming its own origin in Location (rewritten by the sidecar).
+    res.writeHead(302, { location: `${tls ? "https" : "http"}://${req.headers.host}/home` });
+    return res.end();
+  }
   res.writeHead(404, { "content-type": "application/json" });
   res.end(JSON.stringify({ error: "not_found", path: req.url }));
-});
+};
+const server = tls ? https.createServer(tls, handler) : http.createServer(handler);
 server.keepAliveTimeout = 30_000;
 server.listen(port, "127.0.0.1", () => {
   console.log(`better-auth e2e server listening on http://127.0.0.1:${port}`);

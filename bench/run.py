@@ -132,10 +132,10 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=int(os.environ.get("BENCH_SECONDS", "5")))
     parser.add_argument(
-        "--only", choices=["proxy", "better-auth", "tokens", "consent"], default=None
+        "--only", choices=["proxy", "better-auth", "tokens", "consent", "gateway"], default=None
     )
     parser.add_argument(
-        "--baseline", default=None, help="(e) also measure the sidecar as it was at this git rev"
+        "--baseline", default=None, help="(e, f) also measure the sidecar as it was at this rev"
     )
     args = parser.parse_args()
     levels = [1, 16, 64]
@@ -193,6 +193,13 @@ def main() -> int:
                 run_consent(args.seconds, args.baseline)
             else:
                 print("\n(e) skipped: needs wrk and the Node fixture")
+        if args.only in (None, "gateway"):
+            if shutil.which("wrk"):
+                from bench.gateway import run as run_gateway
+
+                run_gateway(args.seconds, args.baseline)
+            else:
+                print("\n(f) skipped: needs wrk")
     finally:
         for p in reversed(processes):
             p.stop()

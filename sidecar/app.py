@@ -19,6 +19,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sidecar.config import ConfigError, Resource, Settings
+from sidecar.convex import ConvexTokens
 from sidecar.gateway import Gateway
 from sidecar.keys import load_keyset
 from sidecar.keys.reload import watch_key_file
@@ -154,8 +155,15 @@ class SidecarApp:
         self.account = ConnectedApps(
             settings, self.store, self.clients, self.grants, self.authz, pages
         )
+        self.convex_tokens = ConvexTokens(settings, self.keys)
         self.endpoints = OAuthEndpoints(
-            settings, self.store, self.clients, self.grants, self.keys, self.limiter
+            settings,
+            self.store,
+            self.clients,
+            self.grants,
+            self.keys,
+            self.limiter,
+            self.convex_tokens,
         )
         self.owned = Starlette(routes=self.oauth_routes())
         self.proxy = ProxyApp(
@@ -163,7 +171,7 @@ class SidecarApp:
             self.upstream,
             drop_header_prefixes=[settings.identity_header_prefix.lower().encode("latin-1")],
         )
-        self.gateway = Gateway(settings, self.grants, self.proxy)
+        self.gateway = Gateway(settings, self.grants, self.proxy, self.convex_tokens)
         check_served_as_configured(settings, self.routes, self.gateway)
         self.metrics_server: Any = None
         self._key_watch: asyncio.Task[None] | None = None
@@ -274,6 +282,12 @@ class SidecarApp:
                 "generated a signing key",
                 kid=self.keys.signing.kid,
                 file=f"{self.settings.data_dir}/signing-keys.json",
+            )
+        if self.settings.forward_access_token:
+            log.warning(
+                "forward_access_token is on: MCP clients' own access tokens reach the app "
+                "(token passthrough); prefer the Convex token header",
+                header=f"{self.settings.identity_header_prefix}Convex-Token",
             )
         log.info(
             "sidecar started",

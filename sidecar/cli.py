@@ -41,9 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     convex = sub.add_parser(
         "convex-auth-config",
-        help="print the convex/auth.config.ts provider entries that accept the sidecar's tokens",
+        help="print the convex/auth.config.ts provider entry that accepts the Convex tokens",
     )
     _config_args(convex)
+    convex.add_argument("--json", action="store_true", help="the provider entries as JSON")
 
     keys = sub.add_parser("keys", help="signing keys")
     _config_args(keys)
@@ -61,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--confidential", action="store_true", help="issue a secret (client_secret_basic)"
     )
     add.add_argument("--scope", default=None)
+    add.add_argument(
+        "--token-exchange",
+        action="store_true",
+        help="may exchange access tokens for Convex tokens (RFC 8693; needs --confidential)",
+    )
     clients_sub.add_parser("list", help="list registered clients")
     remove = clients_sub.add_parser("remove", help="remove a client")
     remove.add_argument("client_id")
@@ -109,10 +115,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(settings.redacted(), indent=2))
             return 0
         if args.command == "convex-auth-config":
-            from sidecar.convex import auth_config_snippet
+            from sidecar.convex import auth_config_snippet, providers
             from sidecar.keys import load_keyset
 
-            print(auth_config_snippet(settings, load_keyset(settings)))
+            keyset = load_keyset(settings)
+            if args.json:
+                print(json.dumps(providers(settings, keyset), indent=2))
+            else:
+                print(auth_config_snippet(settings, keyset))
             return 0
         if args.command == "keys":
             return _keys(settings, args)
@@ -171,10 +181,13 @@ async def _clients(settings: Settings, args: argparse.Namespace) -> int:
             }
             if args.scope:
                 metadata["scope"] = args.scope
+            if args.token_exchange and not args.confidential:
+                return fail("--token-exchange needs --confidential (a client with a secret)", 1)
             try:
                 client, secret = client_from_metadata(metadata, settings.scopes, source="cli")
             except OAuthError as exc:
                 return fail(f"{exc.error}: {exc.description}", 1)
+            client.token_exchange = args.token_exchange
             await registry.add(client)
             print(f"client_id: {client.client_id}")
             if secret:

@@ -121,6 +121,12 @@ class Settings:
     # Gateway.
     identity_header_prefix: str = "X-Sidecar-"
     revocation_cache_seconds: float = 5.0
+    # Convex as the person: the token the gateway mints for Convex on every
+    # verified request (<identity_header_prefix>Convex-Token), and whether the
+    # client's own Authorization header goes on too (token passthrough).
+    convex_audience: str = "convex-mcp"
+    convex_token_ttl: int = 120
+    forward_access_token: bool = False
     # Origins whose pages may read the gateway's 401/403 (CORS); "*" for any.
     gateway_cors_origins: tuple[str, ...] = ("*",)
     # Plain http on a public_url or issuer that is not loopback is refused
@@ -569,6 +575,15 @@ def _build(raw: Mapping[str, Any]) -> Settings:
             raise ConfigError("identity_header_prefix", "must be letters, digits and dashes")
         values["identity_header_prefix"] = prefix
     take("revocation_cache_seconds", lambda k, v: _as_float(k, v, 0.0))
+    if "convex_audience" in raw:
+        audience = _as_str("convex_audience", raw["convex_audience"])
+        if not audience or audience == "convex":
+            # "convex" is the app's own session audience: a token minted for
+            # MCP calls must never pass as a person's session.
+            raise ConfigError("convex_audience", "must be set, and never 'convex'")
+        values["convex_audience"] = audience
+    take("convex_token_ttl", lambda k, v: _as_int(k, v, 10, 3600))
+    take("forward_access_token", _as_bool)
     if "gateway_cors_origins" in raw:
         origins = _as_list("gateway_cors_origins", raw["gateway_cors_origins"])
         try:

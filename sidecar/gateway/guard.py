@@ -3,9 +3,11 @@
 For an ``enforce`` resource every request to its path, or below it, needs one
 of the sidecar's access tokens for exactly that resource: signature, issuer,
 audience, expiry, ``typ: at+jwt``, required scopes, and not revoked. A
-verified request goes upstream with its ``Authorization`` intact and the
-user's identity in headers; inbound headers with the identity prefix are
-stripped on every path by the proxy.
+verified request goes upstream with the person's identity in headers and a
+token minted for Convex (``<prefix>Convex-Token``); the client's own
+``Authorization`` header stays behind unless ``forward_access_token`` is set
+(MCP authorization: no token passthrough). Inbound headers with the identity
+prefix are stripped on every path by the proxy.
 
 Which requests are guarded is decided on :func:`sidecar.urls.guard_path`, a
 folded form of the path (case, ``//``, ``..``, ``;``), so no spelling an app
@@ -25,6 +27,7 @@ from starlette.types import Receive, Scope, Send
 
 from sidecar.asgi import send_json
 from sidecar.config import Resource, Settings
+from sidecar.convex import ConvexTokens
 from sidecar.oauth.errors import InvalidToken
 from sidecar.oauth.grants import Grants
 from sidecar.observability.metrics import token_event
@@ -37,10 +40,13 @@ CACHE_SIZE = 10_000
 
 
 class Gateway:
-    def __init__(self, settings: Settings, grants: Grants, proxy: ProxyApp) -> None:
+    def __init__(
+        self, settings: Settings, grants: Grants, proxy: ProxyApp, convex: ConvexTokens
+    ) -> None:
         self.settings = settings
         self.grants = grants
         self.proxy = proxy
+        self.convex = convex
         self.prefix = settings.identity_header_prefix.lower().encode("latin-1")
         # Only resources served on our public origin can be guarded here;
         # the longest path wins where one resource lies below another.
@@ -143,7 +149,10 @@ class Gateway:
             (f"{p}User-Id".lower(), str(claims["sub"])),
             (f"{p}Client-Id".lower(), str(claims["client_id"])),
             (f"{p}Scopes".lower(), claims.get("scope", "")),
+            (f"{p}Convex-Token".lower(), self.convex.for_access_token(claims)),
         ]
+        if not self.settings.forward_access_token:
+            scope["sidecar_drop_authorization"] = True
         # The answer of a verified request is readable by the page that sent
         # it, as the preflight promised, unless the app says otherwise.
         scope["sidecar_cors"] = self.cors_headers(scope)

@@ -45,6 +45,7 @@ class Client:
     client_id_issued_at: int = 0
     source: str = "dcr"  # dcr, cli or cimd
     in_use: bool = False  # a dcr client that completed an authorization is kept
+    token_exchange: bool = False  # may exchange access tokens for Convex tokens (RFC 8693)
 
     @property
     def is_public(self) -> bool:
@@ -71,6 +72,7 @@ class Client:
         data.pop("client_secret_hash")
         data.pop("source")
         data.pop("in_use")
+        data.pop("token_exchange")
         if data["scope"] is None:
             data.pop("scope")
         return {k: v for k, v in data.items() if v is not None}

@@ -5,6 +5,7 @@ dependencies; errors become RFC 6749 section 5.2 JSON in one place."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from sidecar.config import Resource, Settings
+from sidecar.convex import ConvexTokens
 from sidecar.keys import KeySet
 from sidecar.oauth import pkce
 from sidecar.oauth.clients import (
@@ -45,6 +47,10 @@ from sidecar.store import Store, StoreUnavailable
 from sidecar.urls import InvalidURL, canonical_url
 
 log = structlog.get_logger("sidecar.oauth")
+
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+ACCESS_TOKEN_TYPE_URN = "urn:ietf:params:oauth:token-type:access_token"
+JWT_TOKEN_TYPE_URN = "urn:ietf:params:oauth:token-type:jwt"
 
 CORS = {
     "Access-Control-Allow-Origin": "*",
@@ -100,6 +106,7 @@ class OAuthEndpoints:
     grants: Grants
     keys: KeySet
     limiter: RateLimiter
+    convex: ConvexTokens
 
     async def form(self, request: Request) -> dict[str, str]:
         return await form_params(request, self.settings.max_body_bytes, self.settings.body_timeout)
@@ -130,6 +137,10 @@ class OAuthEndpoints:
                 return response
             if grant_type == "refresh_token":
                 return token_response(await self.refresh(form, client))
+            if grant_type == TOKEN_EXCHANGE:
+                exchanged = await self.exchange_token(form, request)
+                token_event("exchanged")
+                return exchanged
             if not grant_type:
                 raise InvalidRequest("grant_type is required")
             raise UnsupportedGrantType(f"grant_type {grant_type} is not supported")
@@ -202,6 +213,46 @@ class OAuthEndpoints:
         # that loses answers or races itself.
         token_event("refreshed", "grace" if rotation.grace else "")
         return tokens
+
+    async def exchange_token(self, form: dict[str, str], request: Request) -> Response:
+        """RFC 8693 for apps that check tokens themselves: a valid, unrevoked
+        access token of the sidecar for the Convex token the gateway would
+        have sent, asked by a confidential client an operator allowed to."""
+        # A confidential client's secret, always (never the DCR leniency).
+        client = await authenticate_client(
+            self.clients, form, request.headers.get("authorization"), require_confidential=True
+        )
+        if not client.token_exchange:
+            raise UnauthorizedClient(
+                "this client may not exchange tokens (sidecar clients add --token-exchange)"
+            )
+        if form.get("subject_token_type") != ACCESS_TOKEN_TYPE_URN:
+            raise InvalidRequest(f"subject_token_type must be {ACCESS_TOKEN_TYPE_URN}")
+        if form.get("actor_token") or form.get("actor_token_type"):
+            raise InvalidRequest("delegation (actor_token) is not supported")
+        requested = form.get("requested_token_type")
+        if requested and requested != JWT_TOKEN_TYPE_URN:
+            raise InvalidRequest(f"requested_token_type must be {JWT_TOKEN_TYPE_URN}")
+        audience = form.get("audience")
+        if audience != self.settings.convex_audience or form.get("resource"):
+            # RFC 8693 section 2.2.2: an audience this server will not issue for.
+            raise InvalidTarget(f"audience must be {self.settings.convex_audience}")
+        subject = form.get("subject_token", "")
+        try:
+            claims = await self.grants.verify_access_token(subject)
+        except InvalidToken as exc:
+            # RFC 8693 section 2.2.2: an invalid subject token is invalid_request.
+            raise InvalidRequest(f"subject_token is not usable: {exc.description}") from None
+        token, exp = self.convex.mint(claims)
+        body = {
+            "access_token": token,
+            "issued_token_type": JWT_TOKEN_TYPE_URN,
+            "token_type": "Bearer",
+            "expires_in": max(0, int(exp - time.time())),
+            "scope": claims.get("scope", ""),
+        }
+        log.info("token exchanged for Convex", client_id=client.client_id, sub=claims["sub"])
+        return JSONResponse(body, headers=NO_STORE)
 
     # -- POST /oauth/register ---------------------------------------------------
 
@@ -310,7 +361,10 @@ class OAuthEndpoints:
             "scopes_supported": list(self.settings.scopes),
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],
-            "grant_types_supported": ["authorization_code", "refresh_token"],
+            # Token exchange is listed always: it needs a client an operator
+            # allowed (sidecar clients add --token-exchange), which metadata
+            # cannot say; every other client is told unauthorized_client.
+            "grant_types_supported": ["authorization_code", "refresh_token", TOKEN_EXCHANGE],
             "token_endpoint_auth_methods_supported": [
                 "none",
                 "client_secret_basic",

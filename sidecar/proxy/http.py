@@ -81,6 +81,9 @@ class ProxyApp:
             request_id=context_of(scope).request_id,
             drop_prefixes=self.drop_prefixes,
         )
+        if scope.get("sidecar_drop_authorization"):
+            # The MCP client's token stays at the gateway (no passthrough).
+            headers = [(k, v) for k, v in headers if k != "authorization"]
         # Identity the gateway verified; inbound look-alikes were dropped above.
         headers.extend(scope.get("sidecar_identity", ()))
         return headers

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -33,12 +37,29 @@ def start_stack(app_env: dict[str, str], sidecar_env: dict[str, str]) -> Stack:
             k: v.replace("{sidecar}", sidecar_url).replace("{app}", app_url) for k, v in env.items()
         }
 
-    app = start_better_auth(port=app_port, TRUSTED_ORIGINS=sidecar_url, **fill(app_env))
+    provider_file = Path(tempfile.mkdtemp(prefix="sidecar-convex-")) / "provider.json"
+    app = start_better_auth(
+        port=app_port,
+        TRUSTED_ORIGINS=sidecar_url,
+        CONVEX_PROVIDER_FILE=str(provider_file),
+        **fill(app_env),
+    )
     try:
         sidecar = start_sidecar(app.url, port=sidecar_port, **fill(sidecar_env))
     except Exception:
         app.stop()
         raise
+    # What the team pastes into convex/auth.config.ts, exactly as the command
+    # prints it; the app's Convex check reads it from here.
+    printed = subprocess.run(
+        [sys.executable, "-m", "sidecar", "convex-auth-config", "--json"],
+        env=sidecar.extra["env"],  # type: ignore[arg-type]
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    provider_file.write_text(printed.stdout)
     return Stack(app, sidecar)
 
 

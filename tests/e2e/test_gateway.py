@@ -41,14 +41,17 @@ def test_required_scopes_are_named_in_the_challenge(oauth_stack: Stack) -> None:
     assert 'scope="mcp:admin"' in r.headers["www-authenticate"]
 
 
-def test_a_valid_token_passes_with_authorization_intact_and_identity_headers(
+def test_a_valid_token_passes_with_identity_headers_and_never_reaches_the_app(
     oauth_stack: Stack, browser: Browser, client: OAuthClient
 ) -> None:
     token = token_for(client, browser, f"{oauth_stack.sidecar.url}/api/mcp")
     r = echo(oauth_stack, token, X_Sidecar_User_Id="spoofed")
     assert r.status_code == 200
     seen = r.json()
-    assert seen["authorization"] == f"Bearer {token}"
+    # No token passthrough: the client's own token stays at the gateway.
+    assert seen["authorization"] == ""
+    assert "authorization" not in seen["headers"]
+    assert seen["headers"]["x-sidecar-convex-token"].count(".") == 2
     user_id = browser.get("/api/auth/get-session").json()["user"]["id"]
     assert seen["headers"]["x-sidecar-user-id"] == user_id
     assert seen["headers"]["x-sidecar-client-id"] == client.client_id

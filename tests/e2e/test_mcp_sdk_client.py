@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
@@ -89,15 +90,15 @@ def headless_provider(
     )
 
 
-async def whoami(http: httpx2.AsyncClient, mcp_url: str) -> dict[str, str]:
+async def whoami(http: httpx2.AsyncClient, mcp_url: str, tool: str = "whoami") -> dict[str, Any]:
     async with (
         streamable_http_client(mcp_url, http_client=http) as (read, write),
         ClientSession(read, write) as session,
     ):
         await session.initialize()
         tools = await session.list_tools()
-        assert [t.name for t in tools.tools] == ["whoami"]
-        result = await session.call_tool("whoami", {})
+        assert [t.name for t in tools.tools] == ["whoami", "convex_whoami"]
+        result = await session.call_tool(tool, {})
         return json.loads(result.content[0].text)  # type: ignore[union-attr]
 
 

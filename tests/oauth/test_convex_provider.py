@@ -103,14 +103,77 @@ def sidecar_token(settings, keyset) -> str:  # type: ignore[no-untyped-def]
     )
 
 
-def test_a_sidecar_token_passes_the_printed_provider_and_fails_the_convex_one() -> None:
+def convex_token(settings, keyset) -> str:  # type: ignore[no-untyped-def]
+    from sidecar.convex import ConvexTokens
+
+    access = jwt.decode(sidecar_token(settings, keyset), options={"verify_signature": False})
+    return ConvexTokens(settings, keyset).for_access_token(access)
+
+
+def test_the_convex_token_passes_the_printed_provider_and_fails_the_convex_one() -> None:
     settings, keyset = settings_and_keys()
-    token = sidecar_token(settings, keyset)
+    token = convex_token(settings, keyset)
     [printed] = providers(settings, keyset)
     assert printed["issuer"] == "https://app.example.com/oauth"
-    assert printed["applicationID"] == "https://app.example.com/api/mcp"
+    assert printed["applicationID"] == "convex-mcp"
     assert convex_custom_jwt_accepts(printed, token, time.time())
     assert not convex_custom_jwt_accepts(existing_convex_provider(), token, time.time())
+
+
+def test_an_mcp_access_token_passes_no_provider_unless_passthrough_is_opted_into() -> None:
+    settings, keyset = settings_and_keys()
+    access = sidecar_token(settings, keyset)
+    [printed] = providers(settings, keyset)
+    assert not convex_custom_jwt_accepts(printed, access, time.time())
+    assert not convex_custom_jwt_accepts(existing_convex_provider(), access, time.time())
+    import dataclasses
+
+    passthrough = dataclasses.replace(settings, forward_access_token=True)
+    entries = providers(passthrough, keyset)
+    assert [p["applicationID"] for p in entries] == [
+        "convex-mcp",
+        "https://app.example.com/api/mcp",
+    ]
+    assert convex_custom_jwt_accepts(entries[1], access, time.time())
+
+
+def test_the_convex_token_is_short_lived_and_never_outlives_the_access_token() -> None:
+    from sidecar.convex import ConvexTokens
+
+    settings, keyset = settings_and_keys()
+    tokens = ConvexTokens(settings, keyset)
+    now = int(time.time())
+    base = {
+        "sub": "u",
+        "client_id": "c",
+        "scope": "openid",
+        "aud": "https://app.example.com/api/mcp",
+    }
+    long_lived = jwt.decode(
+        tokens.for_access_token({**base, "jti": "a", "exp": now + 3600}),
+        options={"verify_signature": False},
+    )
+    assert long_lived["exp"] - long_lived["iat"] == 120
+    assert long_lived["aud"] == "convex-mcp"
+    assert long_lived["sub"] == "u"
+    assert long_lived["resource"] == base["aud"]
+    assert "sessionId" not in long_lived
+    ending = jwt.decode(
+        tokens.for_access_token({**base, "jti": "b", "exp": now + 30}),
+        options={"verify_signature": False},
+    )
+    assert ending["exp"] == now + 30
+    # Reused for the same access token while most of its life is left.
+    again = {**base, "jti": "a", "exp": now + 3600}
+    assert tokens.for_access_token(again) == tokens.for_access_token(again)
+
+
+def test_convex_audience_may_never_be_the_apps_own() -> None:
+    from sidecar.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        load_settings(env={"SIDECAR_CONVEX_AUDIENCE": "convex"})
+    assert err.value.key == "convex_audience"
 
 
 def test_a_convex_session_jwt_passes_only_the_convex_provider() -> None:
@@ -156,5 +219,5 @@ def test_the_command_prints_the_provider_entry() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert '"type": "customJwt"' in result.stdout
-    assert '"applicationID": "https://app.example.com/api/mcp"' in result.stdout
+    assert '"applicationID": "convex-mcp"' in result.stdout
     assert "privateKey" not in result.stdout

@@ -14,6 +14,10 @@
 //                    its own https origin, as on <deployment>.convex.site)
 //   COOKIE_DOMAIN    scope Better Auth's cookies to this domain
 //   CROSS_DOMAIN_SITE_URL  add the crossDomain plugin for this site
+//   CONVEX_PROVIDER_FILE  the customJwt provider entry `sidecar convex-auth-config
+//                    --json` printed; the app checks Convex tokens with it exactly
+//                    as Convex's customJwt would, and finds the person with the
+//                    real @convex-dev/better-auth client code
 import fs from "node:fs";
 import http from "node:http";
 import https from "node:https";
@@ -74,7 +78,7 @@ const { StreamableHTTPServerTransport } = await import(
 
 // How an app verifies the sidecar's tokens itself (metadata-only mode): the
 // README shows this same snippet.
-const { createRemoteJWKSet, jwtVerify } = await import("jose");
+const { createLocalJWKSet, createRemoteJWKSet, jwtVerify } = await import("jose");
 const sidecarJwks = process.env.PUBLIC_URL
   ? createRemoteJWKSet(new URL(`${process.env.PUBLIC_URL}/oauth/jwks`))
   : null;
@@ -88,6 +92,75 @@ async function verifySidecarToken(token, resource) {
   return payload;
 }
 
+// What Convex does with a customJwt provider (get-convex/convex-backend,
+// crates/authentication): kid in jwks, alg equal to algorithm, iss equal to
+// issuer, aud containing applicationID, sub/iat/exp present. Then the identity
+// Convex functions see: subject = sub, issuer = iss, tokenIdentifier =
+// iss|sub, custom claims as fields.
+async function convexIdentity(token) {
+  const providers = JSON.parse(fs.readFileSync(process.env.CONVEX_PROVIDER_FILE, "utf8"));
+  const [provider] = providers;
+  const jwksJson = Buffer.from(provider.jwks.split(",", 2)[1], "base64").toString("utf8");
+  const keys = JSON.parse(jwksJson);
+  const header = JSON.parse(Buffer.from(token.split(".")[0], "base64url").toString("utf8"));
+  if (!keys.keys.some((k) => k.kid === header.kid)) throw new Error("kid not in jwks");
+  if (header.alg !== provider.algorithm) throw new Error("alg differs from algorithm");
+  const { payload } = await jwtVerify(token, createLocalJWKSet(keys), {
+    issuer: provider.issuer,
+    audience: provider.applicationID,
+    algorithms: [provider.algorithm],
+    requiredClaims: ["sub", "iat", "exp"],
+    clockTolerance: 5,
+  });
+  const { sub, iss, ...custom } = payload;
+  return { ...custom, subject: sub, issuer: iss, tokenIdentifier: `${iss}|${sub}` };
+}
+
+// The real createClient(...) of @convex-dev/better-auth, its component's
+// adapter answered from this server's own Better Auth database.
+const { createClient } = await import("@convex-dev/better-auth");
+const component = { adapter: { findOne: "adapter.findOne" } };
+const authComponent = createClient(component);
+function convexCtx(identity) {
+  return {
+    auth: { getUserIdentity: async () => identity },
+    runQuery: async (_fn, { model, where }) => {
+      const rows = db[model] ?? [];
+      return (
+        rows.find((row) =>
+          where.every(({ field, value, operator }) => {
+            const actual = row[field === "_id" ? "id" : field];
+            const have = actual instanceof Date ? actual.getTime() : actual;
+            return operator === "gt" ? have > value : have === value;
+          }),
+        ) ?? null
+      );
+    },
+  };
+}
+
+async function asThePerson(convexToken) {
+  // What the README tells a Convex function to do with an MCP call.
+  const identity = await convexIdentity(convexToken);
+  const ctx = convexCtx(identity);
+  const sidecarIssuer = JSON.parse(fs.readFileSync(process.env.CONVEX_PROVIDER_FILE, "utf8"))[0]
+    .issuer;
+  const viaSidecar = identity.issuer === sidecarIssuer;
+  const user = viaSidecar ? await authComponent.getAnyUserById(ctx, identity.subject) : null;
+  // getAuthUser needs a live session id, which an MCP token does not carry.
+  const sessionUser = (await authComponent.safeGetAuthUser(ctx)) ?? null;
+  return {
+    subject: identity.subject,
+    issuer: identity.issuer,
+    tokenIdentifier: identity.tokenIdentifier,
+    clientId: identity.client_id,
+    scope: identity.scope,
+    resource: identity.resource,
+    user: user ? { id: user.id, email: user.email } : null,
+    sessionUser,
+  };
+}
+
 async function handleMcp(req, res) {
   if (req.method === "OPTIONS") {
     res.writeHead(204, {
@@ -97,7 +170,10 @@ async function handleMcp(req, res) {
     return res.end();
   }
   const auth = req.headers.authorization ?? "";
-  if (!auth.toLowerCase().startsWith("bearer ")) {
+  // Behind the gateway (enforce mode) a request arrives verified, with the
+  // person in X-Sidecar-* headers and no bearer token of the client's.
+  const verifiedByGateway = Boolean(req.headers["x-sidecar-user-id"]);
+  if (!verifiedByGateway && !auth.toLowerCase().startsWith("bearer ")) {
     res.writeHead(401, {
       "content-type": "application/json",
       "www-authenticate": `Bearer resource_metadata="${process.env.PUBLIC_URL ?? ""}/.well-known/oauth-protected-resource${new URL(req.url, "http://x").pathname}"`,
@@ -131,6 +207,7 @@ async function handleMcp(req, res) {
     clientId: req.headers["x-sidecar-client-id"] ?? null,
     scopes: req.headers["x-sidecar-scopes"] ?? null,
   };
+  const convexToken = req.headers["x-sidecar-convex-token"] ?? null;
   const server = new McpServer({ name: "demo-app", version: "1.0.0" });
   server.registerTool(
     "whoami",
@@ -141,6 +218,16 @@ async function handleMcp(req, res) {
         ? (await (await auth_.$context).internalAdapter.findUserById(identity.userId))
         : null;
       const result = { ...identity, email: user?.email ?? null, name: user?.name ?? null };
+      return { content: [{ type: "text", text: JSON.stringify(result) }] };
+    },
+  );
+  server.registerTool(
+    "convex_whoami",
+    { description: "Run as the person in Convex with the token the sidecar minted" },
+    async () => {
+      const result = convexToken
+        ? await asThePerson(convexToken).catch((e) => ({ error: String(e.message ?? e) }))
+        : { error: "no Convex token" };
       return { content: [{ type: "text", text: JSON.stringify(result) }] };
     },
   );
@@ -197,6 +284,22 @@ const handler = (req, res) => {
   if (req.url === "/healthz") {
     res.writeHead(200, { "content-type": "text/plain" });
     return res.end("ok");
+  }
+  if (req.method === "POST" && req.url.startsWith("/convex-check")) {
+    // Convex's own check of any token, for the tests' refusals.
+    let body = "";
+    req.on("data", (chunk) => (body += chunk));
+    req.on("end", async () => {
+      try {
+        const identity = await convexIdentity(body.trim());
+        res.writeHead(200, { "content-type": "application/json" });
+        res.end(JSON.stringify({ accepted: true, identity }));
+      } catch (error) {
+        res.writeHead(200, { "content-type": "application/json" });
+        res.end(JSON.stringify({ accepted: false, reason: String(error.code ?? error.message) }));
+      }
+    });
+    return;
   }
   if (req.url.startsWith("/redirect-home")) {
     // The app naming its own origin in Location (rewritten by the sidecar).

@@ -1,0 +1,129 @@
+"""(f) The gateway's cost per guarded request, and what the Convex token adds
+(`make bench`): a guarded path on the trivial upstream, c=16, measured side by
+side in one run. CPU time of the sidecar per request from /proc/<pid>/stat.
+
+- one access token: the Convex token is minted once and reused (the usual
+  case: a client sends the same token for up to an hour);
+- a new access token on every request: a Convex token is signed every time
+  (the worst case);
+- with ``--baseline REV``, the sidecar as it was at REV (before the Convex
+  token: the same check, no minting).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from bench.consent import cpu_seconds
+from bench.tokens import Result, parse
+from sidecar.config import load_settings
+from sidecar.keys import load_keyset
+from tests.support import fixtures
+from tests.support.processes import ROOT, Process, start_sidecar, start_upstream
+
+LUA = """
+local tokens = {}
+local counter = 0
+function init(args)
+  for line in io.lines(args[1]) do table.insert(tokens, line) end
+end
+function request()
+  counter = counter + 1
+  local token = tokens[((counter - 1) % #tokens) + 1]
+  return wrk.format("GET", "/small", {["Authorization"] = "Bearer " .. token})
+end
+"""
+
+
+def keys() -> dict[str, str]:
+    return {
+        "JWKS": fixtures.text("static-jwks.json"),
+        "BETTER_AUTH_SECRET": fixtures.SECRET,
+        "CONVEX_SITE_URL": "http://127.0.0.1:9",
+    }
+
+
+def access_tokens(sidecar: Process, n: int) -> list[str]:
+    keyset = load_keyset(load_settings(env=keys()))
+    now = int(time.time())
+    return [
+        keyset.sign(
+            {
+                "iss": f"{sidecar.url}/oauth",
+                "sub": "bench-user",
+                "aud": f"{sidecar.url}/small",
+                "client_id": "bench",
+                "scope": "",
+                "jti": f"bench-{i}-{now}",
+                "iat": now,
+                "exp": now + 3600,
+            },
+            typ="at+jwt",
+        )
+        for i in range(n)
+    ]
+
+
+def load(sidecar: Process, tokens: list[str], seconds: int) -> tuple[Result, float]:
+    with tempfile.TemporaryDirectory() as work:
+        (Path(work) / "tokens.txt").write_text("\n".join(tokens) + "\n")
+        (Path(work) / "get.lua").write_text(LUA)
+        before = cpu_seconds(sidecar.popen.pid)
+        out = subprocess.run(
+            [
+                *("wrk", "-t", "1", "-c", "16", "-d", f"{seconds}s", "--latency"),
+                *("-s", f"{work}/get.lua", sidecar.url, "--", f"{work}/tokens.txt"),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    result = parse(out)
+    used = cpu_seconds(sidecar.popen.pid) - before
+    served = result.rps * seconds
+    return result, (used / served * 1e6) if served else 0.0
+
+
+def run(seconds: int, baseline: str | None = None) -> None:
+    print("\n(f) the gateway on a guarded path (trivial upstream), c=16")
+    upstream = start_upstream()
+    worktree = None
+    try:
+        variants: list[tuple[str, Path | None, int]] = [
+            ("one access token (Convex token reused)", None, 1),
+            ("a new access token per request (minted)", None, 6000 * seconds),
+        ]
+        if baseline:
+            worktree = Path(tempfile.mkdtemp(prefix="sidecar-baseline-")) / "tree"
+            subprocess.run(
+                ["git", "worktree", "add", "--detach", str(worktree), baseline],
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+            )
+            variants.append((f"one access token, baseline {baseline[:10]}", worktree, 1))
+        for label, cwd, n in variants:
+            sidecar = start_sidecar(
+                upstream.url,
+                cwd=cwd,
+                SIDECAR_RESOURCES="/small",
+                SIDECAR_LOG_LEVEL="warning",
+                **keys(),
+            )
+            try:
+                result, cpu_us = load(sidecar, access_tokens(sidecar, n), seconds)
+                print(f"  {label:<46} {result}  CPU {cpu_us:>5.0f} µs/request", flush=True)
+            finally:
+                sidecar.stop()
+    finally:
+        upstream.stop()
+        if worktree is not None:
+            subprocess.run(
+                ["git", "worktree", "remove", "--force", str(worktree)],
+                cwd=ROOT,
+                check=False,
+                capture_output=True,
+            )

@@ -34,7 +34,12 @@ from sidecar.oauth.ratelimit import RateLimiter
 from sidecar.observability.access import AccessMiddleware
 from sidecar.observability.health import health_routes
 from sidecar.observability.limits import SizeLimits
-from sidecar.observability.metrics import SIGNING_KEY_AGE, SIGNING_KEYS, serve_metrics
+from sidecar.observability.metrics import (
+    SIGNING_KEY_AGE,
+    SIGNING_KEYS,
+    metrics_listener_error,
+    serve_metrics,
+)
 from sidecar.proxy.http import ProxyApp
 from sidecar.proxy.upstream import UpstreamClient
 from sidecar.session import SessionBridge
@@ -44,6 +49,7 @@ from sidecar.store.base import InstrumentedStore
 log = structlog.get_logger("sidecar")
 
 OAUTH_PREFIX = "/oauth"
+KEY_AGE_EVERY = 5.0  # seconds between updates of the signing key's age
 
 
 def discovery_paths() -> list[str]:
@@ -175,6 +181,7 @@ class SidecarApp:
         check_served_as_configured(settings, self.routes, self.gateway)
         self.metrics_server: Any = None
         self._key_watch: asyncio.Task[None] | None = None
+        self._key_age: asyncio.Task[None] | None = None
         self._jwks_cache: tuple[list[dict[str, Any]], Any] | None = None
         self.limits = SizeLimits(settings.max_query_bytes, settings.max_header_bytes)
         # RFC 6797: only over TLS the sidecar serves itself (behind an ingress
@@ -251,9 +258,15 @@ class SidecarApp:
 
     def _track_key_age(self) -> None:
         if self.keys.signing_created_at:
-            SIGNING_KEY_AGE.labels(kid=self.keys.signing.kid).set_function(
-                lambda: time.time() - (self.keys.signing_created_at or time.time())
-            )
+            age = time.time() - self.keys.signing_created_at
+            SIGNING_KEY_AGE.labels(kid=self.keys.signing.kid).set(age)
+
+    async def _key_age_forever(self) -> None:
+        # Set, not computed at scrape: with several workers the value lives in
+        # prometheus-client's multiprocess files, which hold no function.
+        while True:
+            await asyncio.sleep(KEY_AGE_EVERY)
+            self._track_key_age()
 
     async def startup(self) -> None:
         if self.keys.mode == "generated":
@@ -265,15 +278,10 @@ class SidecarApp:
             try:
                 self.metrics_server = serve_metrics(host, port)
             except OSError as exc:
-                # Two sidecars on one host meet here first: say which
-                # listener and which key, not just the errno.
-                raise RuntimeError(
-                    f"the metrics listener cannot listen on {host}:{port} ({exc.strerror}): "
-                    "set metrics_port (SIDECAR_METRICS_PORT) to a free port, or 0 to turn "
-                    "it off"
-                ) from None
+                raise RuntimeError(metrics_listener_error(host, port, exc)) from None
         SIGNING_KEYS.set(len(self.keys.published))
         self._track_key_age()
+        self._key_age = asyncio.create_task(self._key_age_forever())
         await self.upstream.open()
         await self.store.open()
         await self.documents.open()
@@ -302,6 +310,8 @@ class SidecarApp:
     async def shutdown(self) -> None:
         if self._key_watch is not None:
             self._key_watch.cancel()
+        if self._key_age is not None:
+            self._key_age.cancel()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()

@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (SIDECAR_PORT)")
     serve.add_argument("--upstream", dest="upstream_url", help="the app's origin")
     serve.add_argument("--public-url", dest="public_url", help="the origin clients see")
+    serve.add_argument(
+        "--workers", help="serving processes on one port, or auto (SIDECAR_WORKERS; default 1)"
+    )
 
     check = sub.add_parser("check-config", help="print the effective configuration")
     _config_args(check)
@@ -93,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load(args: argparse.Namespace) -> Settings:
     overrides = {
-        key: getattr(args, key, None) for key in ("host", "port", "upstream_url", "public_url")
+        key: getattr(args, key, None)
+        for key in ("host", "port", "upstream_url", "public_url", "workers")
     }
     return load_settings(args.config, overrides=overrides)
 
@@ -108,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _load(args)
         if args.command == "serve":
+            if settings.workers > 1:
+                from sidecar.supervisor import serve_workers
+
+                return serve_workers(settings)
             from sidecar.server import serve
 
             return serve(settings)

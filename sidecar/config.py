@@ -70,6 +70,7 @@ class Settings:
     public_url: str = ""  # filled from host and port when empty
     host: str = "127.0.0.1"
     port: int = 8080
+    workers: int = 1  # serving processes on one port; "auto": the CPUs this process may use
     issuer: str = ""  # filled as public_url + "/oauth" when empty
     # State and keys.
     store_url: str = "sqlite:///./data/sidecar.db"
@@ -466,6 +467,22 @@ def _as_scope_includes(key: str, value: Any) -> tuple[tuple[str, tuple[str, ...]
     return tuple(pairs.items())
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on, capped by a cgroup CPU quota (a
+    container's limit), at least one."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
+
+
 def _is_loopback_url(url: str) -> bool:
     host = urlsplit(url).hostname or ""
     if host == "localhost" or host.endswith(".localhost"):
@@ -487,6 +504,12 @@ def _build(raw: Mapping[str, Any]) -> Settings:
     take("upstream_url", _as_origin)
     take("host", _as_str)
     take("port", lambda k, v: _as_int(k, v, 0, 65535))
+    if "workers" in raw:
+        value = raw["workers"]
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            values["workers"] = usable_cpus()
+        else:
+            values["workers"] = _as_int("workers", value, 1, 256)
     host = values.get("host", defaults.host)
     port = values.get("port", defaults.port)
     if "public_url" in raw and str(raw["public_url"]).strip():
@@ -515,6 +538,13 @@ def _build(raw: Mapping[str, Any]) -> Settings:
         values["issuer"] = public_url + "/oauth"
 
     take("store_url", _as_store_url)
+    store = values.get("store_url", defaults.store_url)
+    if values.get("workers", 1) > 1 and store.lower().startswith("memory://"):
+        # Each process would hold its own memory: a code redeemed in one
+        # would still be fresh in another.
+        raise ConfigError(
+            "workers", "memory:// is per process; use sqlite:// or redis:// with several workers"
+        )
     take("data_dir", _as_str)
     for key in ("jwks", "better_auth_secret", "better_auth_secrets", "signing_key_file"):
         if key in raw and str(raw[key]).strip():

@@ -61,16 +61,20 @@ STORE_ERRORS = Counter(
     ["op"],
     registry=REGISTRY,
 )
+# With several workers each writes its own value; the supervisor shows the
+# highest (they agree once a key reload has reached them all).
 SIGNING_KEYS = Gauge(
     "sidecar_signing_keys",
     "Keys published in the JWKS.",
     registry=REGISTRY,
+    multiprocess_mode="max",
 )
 SIGNING_KEY_AGE = Gauge(
     "sidecar_signing_key_age_seconds",
     "Age of the key that signs now (0 when the key has no creation time).",
     ["kid"],
     registry=REGISTRY,
+    multiprocess_mode="max",
 )
 
 
@@ -89,6 +93,15 @@ async def timed_store(op: str, call: Callable[[], Awaitable[T]]) -> T:
         raise
     finally:
         STORE_SECONDS.labels(op=op).observe(time.perf_counter() - started)
+
+
+def metrics_listener_error(host: str, port: int, exc: OSError) -> str:
+    """Two sidecars on one host meet here first: say which listener and which
+    key to change, not just the errno."""
+    return (
+        f"the metrics listener cannot listen on {host}:{port} ({exc.strerror}): "
+        "set metrics_port (SIDECAR_METRICS_PORT) to a free port, or 0 to turn it off"
+    )
 
 
 def serve_metrics(host: str, port: int) -> Any:

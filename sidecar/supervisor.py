@@ -1,0 +1,159 @@
+"""``workers``: several serving processes on one port under one supervisor.
+
+The supervisor binds the listening socket once and forks the workers, each a
+whole sidecar (its own event loop, upstream pool and store connection) that
+accepts on the shared socket. It replaces a worker that dies, forwards
+SIGTERM so that every worker drains its in-flight requests, and serves the one
+metrics listener, adding up the workers' counters with prometheus-client's
+multiprocess mode. State that must hold across workers lives in the store, as
+across replicas: every store but ``memory://`` is shared (config refuses that
+one with several workers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from typing import Any
+
+import structlog
+
+from sidecar.config import Settings
+
+RESPAWN_PAUSE = 0.5  # seconds between a worker's death and its replacement
+EXIT_STARTUP_FAILED = 3
+
+
+def serve_workers(settings: Settings) -> int:
+    # prometheus-client picks its value store when first imported: the
+    # multiprocess directory must be set before anything imports it.
+    metrics_dir = tempfile.mkdtemp(prefix="sidecar-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    from sidecar.keys import load_keyset
+    from sidecar.observability.logging import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    log = structlog.get_logger("sidecar")
+    # A generated key is made here, once, before any worker could race to.
+    load_keyset(settings)
+    listener = socket.create_server((settings.host, settings.port), backlog=2048, reuse_port=False)
+    listener.set_inheritable(True)
+    supervisor = Supervisor(settings, listener, metrics_dir)
+    try:
+        return supervisor.run()
+    finally:
+        listener.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        log.info("sidecar stopped", workers=settings.workers)
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, listener: socket.socket, metrics_dir: str) -> None:
+        self.settings = settings
+        self.listener = listener
+        self.metrics_dir = metrics_dir
+        self.workers: dict[int, int] = {}  # pid -> worker number
+        self.stopping = False
+        self.log = structlog.get_logger("sidecar")
+
+    def run(self) -> int:
+        try:
+            metrics = self.serve_metrics()
+        except OSError as exc:
+            from sidecar.observability.metrics import metrics_listener_error
+
+            host, port = self.settings.metrics_host, self.settings.metrics_port
+            self.log.error("start-up failed", error=metrics_listener_error(host, port, exc))
+            return EXIT_STARTUP_FAILED
+        for number in range(self.settings.workers):
+            self.spawn(number)
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        self.log.info(
+            "sidecar supervising workers",
+            workers=self.settings.workers,
+            listen=f"{self.settings.host}:{self.settings.port}",
+        )
+        code = 0
+        try:
+            while self.workers:
+                try:
+                    pid, status = os.waitpid(-1, 0)
+                except ChildProcessError:
+                    break
+                if pid not in self.workers:
+                    continue
+                number = self.workers.pop(pid)
+                self.forget_metrics(pid)
+                exit_code = os.waitstatus_to_exitcode(status)
+                if self.stopping:
+                    continue
+                if exit_code == EXIT_STARTUP_FAILED:
+                    # A worker that cannot start would fail again: stop all.
+                    self.log.error("a worker failed to start; stopping", worker=number)
+                    code = EXIT_STARTUP_FAILED
+                    self.stop(signal.SIGTERM, None)
+                    continue
+                self.log.warning("worker died; starting another", worker=number, code=exit_code)
+                time.sleep(RESPAWN_PAUSE)
+                self.spawn(number)
+        finally:
+            if metrics is not None:
+                metrics.shutdown()
+                metrics.server_close()
+        return code
+
+    def spawn(self, number: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                code = self.worker(number)
+            finally:
+                os._exit(code)
+        self.workers[pid] = number
+
+    def worker(self, number: int) -> int:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        from sidecar.server import Server, uvicorn_config
+
+        # The supervisor serves the one metrics listener for all of them.
+        settings = dataclasses.replace(self.settings, metrics_port=0)
+        structlog.contextvars.bind_contextvars(worker=number)
+        server = Server(uvicorn_config(settings))
+        server.run(sockets=[self.listener])
+        return 0 if server.started else EXIT_STARTUP_FAILED
+
+    def stop(self, signum: int, _frame: Any) -> None:
+        if not self.stopping:
+            self.stopping = True
+            self.log.info(
+                "shutting down: draining every worker", signal=signal.Signals(signum).name
+            )
+        for pid in list(self.workers):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    def serve_metrics(self) -> Any:
+        if not self.settings.metrics_port:
+            return None
+        from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=self.metrics_dir)  # type: ignore[no-untyped-call]
+        server, _thread = start_http_server(
+            self.settings.metrics_port, addr=self.settings.metrics_host, registry=registry
+        )
+        return server
+
+    def forget_metrics(self, pid: int) -> None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, self.metrics_dir)  # type: ignore[no-untyped-call]

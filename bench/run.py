@@ -132,7 +132,9 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=int(os.environ.get("BENCH_SECONDS", "5")))
     parser.add_argument(
-        "--only", choices=["proxy", "better-auth", "tokens", "consent", "gateway"], default=None
+        "--only",
+        choices=["proxy", "better-auth", "tokens", "consent", "gateway", "nginx", "workers"],
+        default=None,
     )
     parser.add_argument(
         "--baseline", default=None, help="(e, f) also measure the sidecar as it was at this rev"
@@ -200,6 +202,20 @@ def main() -> int:
                 run_gateway(args.seconds, args.baseline)
             else:
                 print("\n(f) skipped: needs wrk")
+        if args.only in (None, "nginx"):
+            if shutil.which("wrk"):
+                from bench.nginx import run as run_nginx
+
+                run_nginx(args.seconds)
+            else:
+                print("\n(g) skipped: needs wrk")
+        if args.only in (None, "workers"):
+            if shutil.which("wrk"):
+                from bench.workers import run as run_workers
+
+                run_workers(args.seconds)
+            else:
+                print("\n(h) skipped: needs wrk")
     finally:
         for p in reversed(processes):
             p.stop()

@@ -6,12 +6,15 @@ contextvars (see STYLE.md).
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sidecar.observability import logging as sidecar_logging
 from sidecar.observability.context import RequestContext, request_id_from
 from sidecar.observability.metrics import REQUEST_SECONDS, REQUESTS
 
@@ -23,6 +26,19 @@ class AccessMiddleware:
         self.app = app
         self.classify = classify
         self.log_requests = log_requests
+        self.direct_json = sidecar_logging.JSON_INFO_LINES
+        # (route, status) -> the metric children: labels() takes a lock and
+        # builds a key on every call; the set of pairs is small and closed.
+        self._metrics: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+    def count(self, route: str, status: int, elapsed: float) -> None:
+        children = self._metrics.get((route, status))
+        if children is None:
+            labels = {"route": route, "status": str(status)}
+            children = (REQUESTS.labels(**labels), REQUEST_SECONDS.labels(**labels))
+            self._metrics[(route, status)] = children
+        children[0].inc()
+        children[1].observe(elapsed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -55,17 +71,19 @@ class AccessMiddleware:
             raise
         finally:
             elapsed = time.perf_counter() - started
-            REQUESTS.labels(route=ctx.route, status=str(status)).inc()
-            REQUEST_SECONDS.labels(route=ctx.route, status=str(status)).observe(elapsed)
+            self.count(ctx.route, status, elapsed)
             if self.log_requests:
-                log.info(
-                    "request",
-                    route=ctx.route,
-                    method=scope.get("method", "GET") if scope["type"] == "http" else "WS",
-                    path=scope["path"],
-                    status=status,
-                    duration_ms=round(elapsed * 1000, 3),
-                    upstream_ms=ctx.upstream_ms,
-                    client=scope["client"][0] if scope.get("client") else None,
-                )
+                fields = {
+                    "route": ctx.route,
+                    "method": scope.get("method", "GET") if scope["type"] == "http" else "WS",
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 3),
+                    "upstream_ms": ctx.upstream_ms,
+                    "client": scope["client"][0] if scope.get("client") else None,
+                }
+                if self.direct_json:
+                    sys.stderr.write(sidecar_logging.json_line("request", fields))
+                else:
+                    log.info("request", **fields)
             structlog.contextvars.unbind_contextvars("request_id")

@@ -6,11 +6,19 @@ process prints has one shape.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import time
 from typing import Any
 
 import structlog
+
+# Set by configure_logging: whether info lines go out as JSON. The access
+# line, written once per request, then skips structlog's processor chain
+# (about a fifth of a proxied request's CPU, measured with py-spy) and is
+# written as the same JSON directly.
+JSON_INFO_LINES = False
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -21,7 +29,9 @@ _LEVELS = {
 
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
+    global JSON_INFO_LINES
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    JSON_INFO_LINES = use_json and _LEVELS[level] <= logging.INFO
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -58,6 +68,21 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         logger.propagate = True
     # Our access line replaces uvicorn's.
     logging.getLogger("uvicorn.access").disabled = True
+
+
+def json_line(event: str, fields: dict[str, Any]) -> str:
+    """One line as structlog's JSON renderer writes it for an info event:
+    the fields, the bound context (request id, worker), level, timestamp."""
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+    line = {
+        **fields,
+        "event": event,
+        **structlog.contextvars.get_contextvars(),
+        "level": "info",
+        "timestamp": f"{stamp}.{int(now % 1 * 1_000_000):06d}Z",
+    }
+    return json.dumps(line) + "\n"
 
 
 def get_logger(name: str) -> Any:

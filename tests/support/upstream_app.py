@@ -134,6 +134,23 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
         await asyncio.wait_for(RELEASE.wait(), 20)
         await send({"type": "http.response.body", "body": b"data: second\n\n", "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+    elif path == "/events":
+        # A long event stream: n small Server-Sent Events, each its own write.
+        count = int(query.get("n", ["200"])[0])
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream"),
+                    (b"cache-control", b"no-cache"),
+                ],
+            }
+        )
+        for i in range(count):
+            event = b'data: {"n": %d}\n\n' % i
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
     elif path == "/release":
         RELEASE.set()
         await json_response(send, {"released": True})

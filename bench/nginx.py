@@ -1,0 +1,141 @@
+"""(g) The passthrough beside nginx (`make bench`): the same trivial upstream,
+the same load, the same run; nginx-light with one worker and keepalive to the
+upstream, the sidecar as configured by default (access line and metrics on).
+Reported per load: req/s, p50/p99 and CPU time per request of the serving
+processes (/proc/<pid>/stat of the process and its children, divided by the
+requests served): the figure to steer by on a shared, noisy machine."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.tokens import Result, parse
+from tests.support.processes import Process, free_port, start, start_sidecar, start_upstream
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and its direct children (nginx's worker, the
+    sidecar's workers)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / TICKS
+    return total
+
+
+@dataclass
+class Measured:
+    result: Result
+    cpu_us: float
+
+
+def measure(url: str, process: Process, concurrency: int, seconds: int) -> Measured:
+    threads = min(concurrency, 2)
+    before = tree_cpu(process.popen.pid)
+    out = subprocess.run(
+        [
+            *(
+                "wrk",
+                "-t",
+                str(threads),
+                "-c",
+                str(concurrency),
+                "-d",
+                f"{seconds}s",
+                "--latency",
+                url,
+            )
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    result = parse(out)
+    used = tree_cpu(process.popen.pid) - before
+    served = result.rps * seconds
+    return Measured(result, used / served * 1e6 if served else 0.0)
+
+
+def start_nginx(upstream_port: int) -> Process:
+    port = free_port()
+    directory = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
+    (directory / "nginx.conf").write_text(
+        f"""
+worker_processes 1;
+daemon off;
+pid {directory}/nginx.pid;
+error_log {directory}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {directory}/body;
+  proxy_temp_path {directory}/proxy;
+  fastcgi_temp_path {directory}/fastcgi;
+  uwsgi_temp_path {directory}/uwsgi;
+  scgi_temp_path {directory}/scgi;
+  upstream app {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }}
+  }}
+}}
+"""
+    )
+    return start(
+        "nginx",
+        ["nginx", "-p", str(directory), "-c", str(directory / "nginx.conf")],
+        port=port,
+        ready_path="/health",
+    )
+
+
+LOADS = [
+    ("small JSON", "/small", [1, 16, 64]),
+    ("1 MiB body", "/download?size=1048576", [16]),
+    ("SSE, 200 events", "/events?n=200", [16]),
+]
+
+
+def run(seconds: int) -> None:
+    if not shutil.which("nginx"):
+        print("\n(g) skipped: nginx is not installed (apt-get install nginx-light)")
+        return
+    print("\n(g) the passthrough beside nginx (one worker each), same upstream, same run")
+    upstream = start_upstream()
+    nginx = start_nginx(upstream.port)
+    sidecar = start_sidecar(upstream.url, SIDECAR_LOG_LEVEL="info")
+    try:
+        for label, path, levels in LOADS:
+            for c in levels:
+                n = measure(nginx.url + path, nginx, c, seconds)
+                s = measure(sidecar.url + path, sidecar, c, seconds)
+                ratio = s.cpu_us / n.cpu_us if n.cpu_us else 0.0
+                print(
+                    f"  {label:<16} c={c:<3} nginx {n.result.rps:>8.0f} req/s p50 "
+                    f"{n.result.p50_ms:>6.2f} p99 {n.result.p99_ms:>7.2f} CPU {n.cpu_us:>6.0f} µs"
+                    f" | sidecar {s.result.rps:>7.0f} req/s p50 {s.result.p50_ms:>6.2f} p99 "
+                    f"{s.result.p99_ms:>7.2f} CPU {s.cpu_us:>6.0f} µs | CPU ratio {ratio:>4.1f}",
+                    flush=True,
+                )
+    finally:
+        sidecar.stop()
+        nginx.stop()
+        upstream.stop()

@@ -78,6 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="forget self-registered clients never used (registration_unused_ttl)",
     )
 
+    doctor = sub.add_parser(
+        "doctor", help="check a deployment from outside, as MCP clients meet it: a checklist"
+    )
+    doctor.add_argument(
+        "url", help="the MCP URL people paste, e.g. https://app.example.com/api/mcp"
+    )
+    doctor.add_argument("--json", action="store_true", help="the checklist as data")
+    doctor.add_argument("--auth-base-path", default="/api/auth", help="Better Auth's base path")
+    doctor.add_argument("--login-return-param", default="callbackURL")
+    doctor.add_argument("--ca-file", help="trust this CA (a private one) for https")
+
     grants = sub.add_parser("grants", help="what people have granted to clients")
     _config_args(grants)
     grants_sub = grants.add_subparsers(dest="grants_command", required=True)
@@ -109,6 +120,8 @@ def fail(message: str, code: int = EXIT_CONFIG) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "doctor":
+        return _doctor(args)  # from anywhere: needs no configuration of its own
     try:
         settings = _load(args)
         if args.command == "serve":
@@ -230,6 +243,27 @@ async def _clients(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         await store.close()
     return 1
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    import ssl
+
+    from sidecar.doctor import diagnose
+
+    verify: ssl.SSLContext | bool = True
+    if args.ca_file:
+        try:
+            verify = ssl.create_default_context(cafile=args.ca_file)
+        except OSError as exc:
+            return fail(f"cannot read --ca-file {args.ca_file}: {exc.strerror}", 2)
+    report = diagnose(
+        args.url,
+        auth_base_path=args.auth_base_path,
+        login_return_param=args.login_return_param,
+        verify=verify,
+    )
+    print(report.json() if args.json else report.text())
+    return 0 if report.ok else 1
 
 
 async def _grants(settings: Settings, args: argparse.Namespace) -> int:

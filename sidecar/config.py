@@ -616,6 +616,8 @@ def _build(raw: Mapping[str, Any]) -> Settings:
     take("forward_access_token", _as_bool)
     if "gateway_cors_origins" in raw:
         origins = _as_list("gateway_cors_origins", raw["gateway_cors_origins"])
+        if [o.lower() for o in origins] == ["none"]:  # the environment's way to say []
+            origins = []
         try:
             values["gateway_cors_origins"] = tuple(
                 o if o == "*" else canonical_url(o, allow_path=False) for o in origins

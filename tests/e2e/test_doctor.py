@@ -1,0 +1,345 @@
+"""`sidecar doctor URL`: a healthy deployment passes every line; each broken
+deployment fails its own line and names the fix. Real sidecars (and the real
+Better Auth server) where the fault is one a configuration makes; a small fake
+deployment for faults the sidecar itself cannot be configured into."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.e2e.conftest import Stack, start_stack
+from tests.support.certs import ThrowawayCA
+from tests.support.processes import Process, free_port, running, start_sidecar
+
+
+def doctor(url: str, *extra: str) -> tuple[int, dict[str, Any], str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "sidecar", "doctor", url, "--json", *extra],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    report = json.loads(done.stdout)
+    return done.returncode, report, done.stdout
+
+
+def line(report: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(c for c in report["checks"] if c["name"].startswith(name))
+
+
+@pytest.fixture(scope="module")
+def healthy() -> Iterator[Stack]:
+    stack = start_stack({"PUBLIC_URL": "{sidecar}"}, {"SIDECAR_RESOURCES": "/api/mcp"})
+    yield stack
+    stack.sidecar.stop()
+    stack.app.stop()
+
+
+def test_a_healthy_deployment_passes_every_line(healthy: Stack) -> None:
+    code, report, _ = doctor(f"{healthy.sidecar.url}/api/mcp")
+    assert code == 0
+    assert report["ok"] is True
+    assert [c["ok"] for c in report["checks"]] == [True] * 8
+    text = subprocess.run(
+        [sys.executable, "-m", "sidecar", "doctor", f"{healthy.sidecar.url}/api/mcp"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert text.splitlines()[-1] == "8 passed, 0 failed"
+
+
+def test_an_unguarded_endpoint_fails_the_challenge_line(healthy: Stack) -> None:
+    code, report, _ = doctor(f"{healthy.sidecar.url}/api/not-configured")
+    assert code == 1
+    first = line(report, "MCP URL challenge")
+    assert first["ok"] is False
+    assert "SIDECAR_RESOURCES" in first["fix"]
+
+
+def test_a_public_url_spelled_otherwise_fails_the_resource_line(healthy: Stack) -> None:
+    # The sidecar thinks it is 127.0.0.1; the person pastes localhost.
+    url = f"http://localhost:{healthy.sidecar.port}/api/mcp"
+    _, report, _ = doctor(url)
+    prm = line(report, "protected resource metadata")
+    assert prm["ok"] is False
+    assert "resource is" in prm["seen"]
+    assert "SIDECAR_PUBLIC_URL" in prm["fix"]
+
+
+def test_cors_turned_off_fails_the_browser_line(upstream: Process) -> None:
+    with running(
+        start_sidecar(
+            upstream.url, SIDECAR_RESOURCES="/api/mcp", SIDECAR_GATEWAY_CORS_ORIGINS="none"
+        )
+    ) as sidecar:
+        _, report, _ = doctor(f"{sidecar.url}/api/mcp")
+    browser = line(report, "challenge readable")
+    assert browser["ok"] is False
+    assert "gateway_cors_origins" in browser["fix"]
+
+
+def test_a_certificate_about_to_expire_fails_the_tls_line(upstream: Process, tmp_path: Any) -> None:
+    ca = ThrowawayCA(tmp_path / "ca")
+    leaf = ca.issue("short", "127.0.0.1", days=3)
+    with running(
+        start_sidecar(
+            upstream.url,
+            SIDECAR_RESOURCES="/api/mcp",
+            SIDECAR_TLS_CERTFILE=str(leaf.cert),
+            SIDECAR_TLS_KEYFILE=str(leaf.key),
+            TEST_CA_FILE=str(ca.path),
+        )
+    ) as sidecar:
+        _, report, _ = doctor(f"{sidecar.url}/api/mcp", "--ca-file", str(ca.path))
+    tls = line(report, "TLS and clock")
+    assert tls["ok"] is False
+    assert "expires in" in tls["seen"]
+    assert "tls_certfile" in tls["fix"]
+    assert line(report, "MCP URL challenge")["ok"] is True  # https itself worked
+
+
+# -- a fake deployment, for what the sidecar cannot be configured into -----------------------
+
+
+class FakeDeployment:
+    """Answers the way a healthy sidecar in front of Better Auth does, unless
+    a test overrides a path."""
+
+    def __init__(self, overrides: dict[str, Callable[[BaseHTTPRequestHandler], None]]) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def answer(self) -> None:
+                path = urlsplit(self.path).path
+                handler = overrides.get(path) or outer.healthy.get(path)
+                if handler is None:
+                    self.reply(404, {"error": "not_found"})
+                else:
+                    handler(self)
+
+            def reply(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+                data = json.dumps(body).encode() if body is not None else b""
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_OPTIONS = answer
+
+        self.handler_class = Handler
+        issuer = f"{self.base}/oauth"
+        metadata = {
+            "issuer": issuer,
+            "authorization_endpoint": f"{issuer}/authorize",
+            "token_endpoint": f"{issuer}/token",
+            "registration_endpoint": f"{issuer}/register",
+            "jwks_uri": f"{issuer}/jwks",
+            "code_challenge_methods_supported": ["S256"],
+            "authorization_response_iss_parameter_supported": True,
+        }
+        cors = {
+            "Access-Control-Allow-Origin": "*",
+            "Access-Control-Expose-Headers": "WWW-Authenticate",
+        }
+
+        def mcp(h: Any) -> None:
+            challenge = (
+                f'Bearer resource_metadata="{self.base}/.well-known/oauth-protected-resource/mcp"'
+            )
+            h.reply(
+                401 if h.command != "OPTIONS" else 204,
+                None,
+                {"WWW-Authenticate": challenge, **cors},
+            )
+
+        def login(h: Any) -> None:
+            h.send_response(303)
+            h.send_header(
+                "Location", f"{self.base}/login?callbackURL={self.base}/oauth/authorize/continue"
+            )
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+
+        def login_page(h: Any) -> None:
+            h.send_response(200)
+            h.send_header("Content-Length", "2")
+            h.end_headers()
+            h.wfile.write(b"ok")
+
+        doc = lambda body: lambda h: h.reply(200, body)  # noqa: E731
+        self.healthy: dict[str, Callable[[Any], None]] = {
+            "/mcp": mcp,
+            "/.well-known/oauth-protected-resource/mcp": doc(
+                {
+                    "resource": f"{self.base}/mcp",
+                    "authorization_servers": [issuer],
+                    "scopes_supported": [],
+                }
+            ),
+            "/.well-known/oauth-authorization-server/oauth": doc(metadata),
+            "/.well-known/openid-configuration/oauth": doc(metadata),
+            "/oauth/.well-known/openid-configuration": doc(metadata),
+            "/oauth/register": lambda h: h.reply(201, {"client_id": "fake-client"}),
+            "/oauth/token": lambda h: h.reply(401, {"error": "invalid_client"}),
+            "/oauth/authorize": login,
+            "/login": login_page,
+            "/api/auth/get-session": lambda h: h.reply(200, None),
+            "/api/auth/convex/token": lambda h: h.reply(401, {"code": "UNAUTHORIZED"}),
+            "/oauth/healthz": lambda h: h.reply(200, {"status": "ok"}),
+        }
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake() -> Iterator[Callable[..., FakeDeployment]]:
+    made: list[FakeDeployment] = []
+
+    def make() -> FakeDeployment:
+        deployment = FakeDeployment({})
+        made.append(deployment)
+        return deployment
+
+    yield make
+    for d in made:
+        d.close()
+
+
+def broken(
+    fake: Callable[..., FakeDeployment], path: str, handler: Callable[[Any], None]
+) -> dict[str, Any]:
+    deployment = fake()
+    deployment.healthy[path] = handler
+    code, report, _ = doctor(f"{deployment.base}/mcp")
+    assert code == 1
+    return report
+
+
+def test_the_fake_deployment_is_healthy_as_it_stands(fake: Callable[..., FakeDeployment]) -> None:
+    deployment = fake()
+    code, _, text = doctor(f"{deployment.base}/mcp")
+    assert code == 0, text
+
+
+def test_an_issuer_that_differs_by_a_slash_fails_the_server_line(
+    fake: Callable[..., FakeDeployment],
+) -> None:
+    deployment = fake()
+    slashed = json.loads(json.dumps({"issuer": f"{deployment.base}/oauth/"}))
+
+    def metadata(h: Any) -> None:
+        h.reply(200, {**slashed, "code_challenge_methods_supported": ["S256"],
+                      "authorization_response_iss_parameter_supported": True,
+                      "registration_endpoint": f"{deployment.base}/oauth/register",
+                      "token_endpoint": f"{deployment.base}/oauth/token",
+                      "authorization_endpoint": f"{deployment.base}/oauth/authorize"})  # fmt: skip
+
+    deployment.healthy["/.well-known/oauth-authorization-server/oauth"] = metadata
+    _, report, _ = doctor(f"{deployment.base}/mcp")
+    server = line(report, "authorization server metadata")
+    assert server["ok"] is False
+    assert "issuer differs" in server["seen"]
+    assert "SIDECAR_ISSUER" in server["fix"]
+
+
+def test_offline_access_in_the_resource_metadata_fails_the_resource_line(
+    fake: Callable[..., FakeDeployment],
+) -> None:
+    deployment = fake()
+    deployment.healthy["/.well-known/oauth-protected-resource/mcp"] = lambda h: h.reply(
+        200,
+        {
+            "resource": f"{deployment.base}/mcp",
+            "authorization_servers": [f"{deployment.base}/oauth"],
+            "scopes_supported": ["offline_access"],
+        },
+    )
+    _, report, _ = doctor(f"{deployment.base}/mcp")
+    assert "offline_access" in line(report, "protected resource metadata")["seen"]
+
+
+def test_an_unknown_client_not_told_invalid_client_fails_the_registration_line(
+    fake: Callable[..., FakeDeployment],
+) -> None:
+    report = broken(fake, "/oauth/token", lambda h: h.reply(400, {"error": "invalid_grant"}))
+    registration = line(report, "registration")
+    assert registration["ok"] is False
+    assert "invalid_client" in registration["fix"]
+
+
+def test_a_login_page_that_drops_its_return_address_fails_the_login_line(
+    fake: Callable[..., FakeDeployment],
+) -> None:
+    def dropping(h: Any) -> None:
+        if "callbackURL" in h.path:
+            h.send_response(302)
+            h.send_header("Location", "/login")  # the query is gone
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+        else:
+            h.send_response(200)
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+
+    report = broken(fake, "/login", dropping)
+    login = line(report, "login page")
+    assert login["ok"] is False
+    assert "lost" in login["seen"]
+    assert "login_return_param" in login["fix"]
+
+
+def test_better_auth_missing_behind_the_origin_fails_the_app_line(
+    fake: Callable[..., FakeDeployment],
+) -> None:
+    report = broken(fake, "/api/auth/get-session", lambda h: h.reply(404, {"error": "not_found"}))
+    app = line(report, "Better Auth")
+    assert app["ok"] is False
+    assert "SIDECAR_AUTH_BASE_PATH" in app["fix"]
+
+
+def test_a_clock_far_from_the_servers_fails_the_clock_line(
+    fake: Callable[..., FakeDeployment],
+) -> None:
+    skewed = email.utils.formatdate(time.time() - 7200, usegmt=True)
+    deployment = fake()
+    original = deployment.handler_class.date_time_string
+    deployment.handler_class.date_time_string = lambda self, timestamp=None: skewed  # type: ignore[method-assign]
+    try:
+        _, report, _ = doctor(f"{deployment.base}/mcp")
+    finally:
+        deployment.handler_class.date_time_string = original  # type: ignore[method-assign]
+    clock = line(report, "TLS and clock")
+    assert clock["ok"] is False
+    assert "clocks differ" in clock["seen"]
+
+
+def test_a_url_that_is_not_one_is_said_so() -> None:
+    code, report, _ = doctor("not a url")
+    assert code == 1
+    assert report["checks"][0]["ok"] is False

@@ -10,7 +10,7 @@ NODE_DIR := tests/e2e/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install node node-compat run test test-compat lint bench fuzz demo screenshots clean
+.PHONY: install node node-compat run test test-compat image test-image lint bench fuzz demo screenshots clean
 
 install: $(STAMP)
 
@@ -46,7 +46,19 @@ run: install
 	$(BIN)/sidecar serve $(ARGS)
 
 test: install node
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest --ignore=tests/image $(PYTEST_ARGS)
+
+# The container image, with podman or docker, whichever is here; on the
+# official Python base by default, or BASE_IMAGE=local for a Debian base made
+# from Debian's archive (no registry needed). `make test-image` runs it.
+IMAGE ?= localhost/convex-oauth-sidecar:dev
+BASE_IMAGE ?= python:3.11-slim-bookworm
+
+image:
+	bash deploy/image/build.sh $(IMAGE) $(BASE_IMAGE)
+
+test-image: install node
+	SIDECAR_IMAGE=$(IMAGE) $(BIN)/pytest -q tests/image $(PYTEST_ARGS)
 
 # The Better Auth end-to-end tests again, on the oldest Better Auth allowed
 # (`make test` runs the newest 1.6.x).

@@ -133,7 +133,16 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=int(os.environ.get("BENCH_SECONDS", "5")))
     parser.add_argument(
         "--only",
-        choices=["proxy", "better-auth", "tokens", "consent", "gateway", "nginx", "workers"],
+        choices=[
+            "proxy",
+            "better-auth",
+            "tokens",
+            "consent",
+            "gateway",
+            "nginx",
+            "workers",
+            "image",
+        ],
         default=None,
     )
     parser.add_argument(
@@ -216,6 +225,10 @@ def main() -> int:
                 run_workers(args.seconds)
             else:
                 print("\n(h) skipped: needs wrk")
+        if args.only in (None, "image"):
+            from bench.image import run as run_image
+
+            run_image()
     finally:
         for p in reversed(processes):
             p.stop()

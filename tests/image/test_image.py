@@ -57,6 +57,22 @@ def image() -> str:
     return IMAGE
 
 
+def what_is_missing(stderr: str) -> str:
+    """podman's refusal, said as what to change rather than as its stack."""
+    if "cgroup" in stderr and ("hybrid" in stderr or "crun" in stderr):
+        return (
+            "podman's runtime refuses this host's cgroup layout (crun): the image tests need "
+            f'runtime = "runc" in {CONF} (make image writes it) and runc installed; podman said: '
+            + stderr.strip().splitlines()[-1]
+        )
+    if "ulimit" in stderr or "RLIMIT" in stderr:
+        return (
+            f"podman's default ulimits are above what this host allows: set default_ulimits in "
+            f"{CONF} (make image writes it); podman said: " + stderr.strip().splitlines()[-1]
+        )
+    return "podman could not start the container: " + (stderr.strip().splitlines() or ["?"])[-1]
+
+
 def k8s_container() -> dict[str, Any]:
     doc = yaml.safe_load(DEPLOYMENT.read_text())
     return doc["spec"]["template"]["spec"]["containers"][0]  # type: ignore[no-any-return]
@@ -90,7 +106,9 @@ class Container:
         ]
         for k, v in full.items():
             args += ["-e", f"{k}={v}"]
-        podman(*args, image)
+        started = podman(*args, image, check=False)
+        if started.returncode != 0:
+            raise RuntimeError(what_is_missing(started.stderr))
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -150,6 +168,8 @@ def test_it_runs_as_uid_and_gid_10001_with_no_capabilities(
     assert int(fields["CapEff"][0], 16) == 0
     assert fields["NoNewPrivs"] == ["1"]
     assert c.inspect("{{.HostConfig.ReadonlyRootfs}}") == "true"
+    limit_mib = int(memory_limit()[:-1])
+    assert int(c.inspect("{{.HostConfig.Memory}}")) == limit_mib * 1024 * 1024
     spec = k8s_container()["securityContext"]
     assert spec["readOnlyRootFilesystem"] is True
     assert spec["allowPrivilegeEscalation"] is False

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from types import TracebackType
+from urllib.parse import urlsplit
 
 import aiohttp
 from yarl import URL
+
+from sidecar.proxy.h1 import IDEMPOTENT, ConnectionFailed, H1Connection, H1Pool, request_head
 
 
 class UpstreamError(Exception):
@@ -35,21 +37,33 @@ class UpstreamTimeout(UpstreamError):
     code = "gateway_timeout"
 
 
-@dataclass
 class UpstreamResponse:
-    status: int
-    raw_headers: Sequence[tuple[bytes, bytes]]
-    _response: aiohttp.ClientResponse
+    """One upstream answer: its status and headers at once, its body as a
+    stream; released (its connection back to the pool) or closed after."""
+
+    def __init__(
+        self,
+        status: int,
+        raw_headers: Sequence[tuple[bytes, bytes]],
+        conn: H1Connection,
+        pool: H1Pool,
+        method: str,
+    ) -> None:
+        self.status = status
+        self.raw_headers = raw_headers
+        self._conn = conn
+        self._pool = pool
+        self._method = method
+        self._done = False
 
     async def iter_body(self) -> AsyncIterator[bytes]:
         """Body chunks as they arrive, never buffered whole."""
+        if self._method == "HEAD":
+            return
         try:
-            # iter_any hands over everything buffered so far in one piece:
-            # fewer, larger ASGI sends than iter_chunks (measured with
-            # `make bench`; per-send overhead dominates for large bodies).
-            async for chunk in self._response.content.iter_any():
+            async for chunk in self._conn.body():
                 yield chunk
-        except (aiohttp.ClientError, OSError) as exc:
+        except ConnectionFailed as exc:
             raise UpstreamUnavailable(f"upstream broke off the response: {exc}") from exc
 
     async def read(self, limit: int = 1 << 20) -> bytes:
@@ -73,10 +87,18 @@ class UpstreamResponse:
     def close(self) -> None:
         """Drop the connection: used when the client went away mid-body, so
         the upstream sees the disconnect too."""
-        self._response.close()
+        if not self._done:
+            self._done = True
+            self._pool.release(self._conn, reusable=False)
 
     def release(self) -> None:
-        self._response.release()
+        if not self._done:
+            self._done = True
+            conn = self._conn
+            reusable = (
+                conn.complete and conn.error is None and self._method != "HEAD" and conn.keep_alive
+            )
+            self._pool.release(conn, reusable=reusable)
 
     async def __aenter__(self) -> UpstreamResponse:
         return self
@@ -116,8 +138,30 @@ class UpstreamClient:
         self.connect_timeout = connect_timeout
         self.response_timeout = response_timeout
         self._session: aiohttp.ClientSession | None = None
+        self._pool: H1Pool | None = None
+
+    @property
+    def pool(self) -> H1Pool:
+        if self._pool is None:
+            raise RuntimeError("UpstreamClient used before open()")
+        return self._pool
 
     async def open(self) -> None:
+        parts = urlsplit(self.base_url)
+        tls = parts.scheme == "https"
+        context = None
+        if tls:
+            context = (
+                self.ssl if isinstance(self.ssl, ssl.SSLContext) else ssl.create_default_context()
+            )
+        self._pool = H1Pool(
+            parts.hostname or "127.0.0.1",
+            parts.port or (443 if tls else 80),
+            ssl_context=context,
+            size=self.pool_size,
+            connect_timeout=self.connect_timeout,
+        )
+        # WebSockets still go through aiohttp's client.
         connector = aiohttp.TCPConnector(
             limit=self.pool_size,
             limit_per_host=self.pool_size,
@@ -139,6 +183,9 @@ class UpstreamClient:
         )
 
     async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -160,25 +207,41 @@ class UpstreamClient:
         for byte (no re-quoting). Returns once the response headers arrived;
         the caller bounds that wait (see ``ProxyApp``).
         """
-        url = URL(self.base_url + target, encoded=True)
-        try:
-            response = await self.session.request(
-                method,
-                url,
-                headers=headers,
-                data=body,
-                allow_redirects=False,
-                # aiohttp retries an idempotent request once when a kept-alive
-                # connection turns out stale (RFC 9112 section 9.3.1); POSTs
-                # are never retried.
-            )
-        except TimeoutError as exc:
-            raise UpstreamTimeout("upstream did not answer in time") from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise UpstreamUnavailable(f"cannot connect to upstream: {exc.os_error}") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamUnavailable(f"upstream connection failed: {exc!r}") from exc
-        return UpstreamResponse(response.status, response.raw_headers, response)
+        pool = self.pool
+        chunked = body is not None and not any(k == "content-length" for k, _ in headers)
+        head = request_head(method, target, headers, chunked)
+        for attempt in (1, 2):
+            try:
+                conn = await pool.acquire()
+            except TimeoutError as exc:
+                raise UpstreamTimeout("upstream did not accept a connection in time") from exc
+            except OSError as exc:
+                raise UpstreamUnavailable(f"cannot connect to upstream: {exc}") from exc
+            try:
+                await conn.write(head)
+                if body is not None:
+                    async for chunk in body:
+                        if chunked:
+                            await conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                        else:
+                            await conn.write(chunk)
+                    if chunked:
+                        await conn.write(b"0\r\n\r\n")
+                await conn.head
+            except ConnectionFailed as exc:
+                pool.release(conn, reusable=False)
+                # A kept-alive connection the upstream had closed: an
+                # idempotent request with no body is sent again, once, on a
+                # new connection (RFC 9110 section 9.2.2); a POST never is.
+                stale = attempt == 1 and conn.reused and not exc.answered
+                if stale and body is None and method in IDEMPOTENT:
+                    continue
+                raise UpstreamUnavailable(f"upstream connection failed: {exc}") from exc
+            except BaseException:
+                pool.release(conn, reusable=False)
+                raise
+            return UpstreamResponse(conn.status, conn.headers, conn, pool, method)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def websocket(
         self, target: str, headers: Sequence[tuple[str, str]], protocols: Sequence[str]

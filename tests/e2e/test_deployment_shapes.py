@@ -440,6 +440,13 @@ def test_a_session_carried_in_the_better_auth_cookie_header_is_honoured() -> Non
         assert email in page.text
         # A top-level navigation carries no such header: the login page.
         assert httpx.get(f"{public}/oauth/account").status_code == 303
+        # An app whose own JavaScript drives the authorization with the header
+        # (a fetch, not a navigation) gets all the way to a guarded call.
+        journey = Journey(public, True)
+        journey.browser.headers.update(header)
+        tokens = journey.connect()
+        assert journey.mcp(tokens["access_token"]).status_code == 200
+        assert journey.browser.get("/api/auth/convex/token").status_code == 200
     finally:
         sidecar.stop()
         app.stop()

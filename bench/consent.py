@@ -9,24 +9,17 @@ sidecar's CPU time per request from /proc/<pid>/stat."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import tempfile
 from pathlib import Path
 
 import httpx
 
-from bench.tokens import Result, parse
+from bench.nginx import measure
+from bench.tokens import Result
 from tests.support import fixtures
 from tests.support.oauth import OAuthClient, form_fields
 from tests.support.processes import ROOT, Process, free_port, start_better_auth, start_sidecar
-
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
 
 def signed_in(base: str) -> tuple[str, OAuthClient, str]:
@@ -54,20 +47,8 @@ def signed_in(base: str) -> tuple[str, OAuthClient, str]:
 
 
 def load(base: str, url: str, cookie: str, sidecar: Process, seconds: int) -> tuple[Result, float]:
-    before = cpu_seconds(sidecar.popen.pid)
-    out = subprocess.run(
-        [
-            *("wrk", "-t", "2", "-c", "16", "-d", f"{seconds}s", "--latency"),
-            *("-H", f"Cookie: {cookie}", base + url),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    result = parse(out)
-    used = cpu_seconds(sidecar.popen.pid) - before
-    served = result.rps * seconds
-    return result, (used / served * 1e6) if served else 0.0
+    measured = measure(base + url, sidecar, 16, seconds, ("-H", f"Cookie: {cookie}"))
+    return measured.result, measured.cpu_us
 
 
 def run(seconds: int, baseline: str | None = None) -> None:

@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.consent import cpu_seconds
-from bench.tokens import Result, parse
+from bench.nginx import measure
+from bench.tokens import Result
 from sidecar.config import load_settings
 from sidecar.keys import load_keyset
 from tests.support import fixtures
@@ -71,20 +71,17 @@ def load(sidecar: Process, tokens: list[str], seconds: int) -> tuple[Result, flo
     with tempfile.TemporaryDirectory() as work:
         (Path(work) / "tokens.txt").write_text("\n".join(tokens) + "\n")
         (Path(work) / "get.lua").write_text(LUA)
-        before = cpu_seconds(sidecar.popen.pid)
-        out = subprocess.run(
-            [
-                *("wrk", "-t", "1", "-c", "16", "-d", f"{seconds}s", "--latency"),
-                *("-s", f"{work}/get.lua", sidecar.url, "--", f"{work}/tokens.txt"),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    result = parse(out)
-    used = cpu_seconds(sidecar.popen.pid) - before
-    served = result.rps * seconds
-    return result, (used / served * 1e6) if served else 0.0
+        # One wrk thread: each token is sent once, in order, by one script.
+        measured = measure(
+            sidecar.url,
+            sidecar,
+            16,
+            seconds,
+            ("-s", f"{work}/get.lua"),
+            after=(f"{work}/tokens.txt",),
+            threads=1,
+        )
+    return measured.result, measured.cpu_us
 
 
 def run(seconds: int, baseline: str | None = None) -> None:

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,27 +43,24 @@ class Measured:
     cpu_us: float
 
 
-def measure(url: str, process: Process, concurrency: int, seconds: int) -> Measured:
-    threads = min(concurrency, 2)
+def measure(
+    url: str,
+    process: Process,
+    concurrency: int,
+    seconds: int,
+    extra: Sequence[str] = (),
+    *,
+    after: Sequence[str] = (),
+    threads: int | None = None,
+) -> Measured:
+    """wrk against ``url`` (``extra``: wrk options; ``after``: a script's
+    arguments), with the CPU time ``process`` and its children spent per
+    request."""
+    threads = threads or min(concurrency, 2)
+    argv = ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{seconds}s", "--latency"]
     before = tree_cpu(process.popen.pid)
-    out = subprocess.run(
-        [
-            *(
-                "wrk",
-                "-t",
-                str(threads),
-                "-c",
-                str(concurrency),
-                "-d",
-                f"{seconds}s",
-                "--latency",
-                url,
-            )
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    command = [*argv, *extra, url, *(["--", *after] if after else [])]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     result = parse(out)
     used = tree_cpu(process.popen.pid) - before
     served = result.rps * seconds

@@ -230,12 +230,8 @@ def test_the_whole_oauth_flow_runs_through_the_container(
 def test_two_containers_on_one_redis_redeem_a_code_exactly_once(
     image: str, containers: list[Container]
 ) -> None:
-    from sidecar.config import load_settings
-    from sidecar.keys import load_keyset
-    from sidecar.oauth.grants import Grants
-    from sidecar.store import open_store
     from tests.scale.test_replicas import REDIRECT, post_all
-    from tests.support.oauth import pkce_pair
+    from tests.support.oauth import mint_code_form
 
     redis: Process = start_redis()
     with running(redis):
@@ -250,37 +246,7 @@ def test_two_containers_on_one_redis_redeem_a_code_exactly_once(
         client_id = httpx.post(
             pair[0].url + "/oauth/register", json={"redirect_uris": [REDIRECT]}
         ).json()["client_id"]
-        settings = load_settings(env=env)
-        verifier, challenge = pkce_pair()
-
-        async def mint() -> str:
-            store = open_store(settings.store_url)
-            await store.open()
-            try:
-                return await Grants(settings, store, load_keyset(settings)).new_code(
-                    {
-                        "client_id": client_id,
-                        "redirect_uri": REDIRECT,
-                        "code_challenge": challenge,
-                        "scope": ["openid"],
-                        "resource": settings.default_resource.url,
-                        "nonce": None,
-                        "sub": "u",
-                        "user": {},
-                        "auth_time": 1,
-                    }
-                )
-            finally:
-                await store.close()
-
-        code = asyncio.run(mint())
-        form = {
-            "grant_type": "authorization_code",
-            "code": code,
-            "client_id": client_id,
-            "redirect_uri": REDIRECT,
-            "code_verifier": verifier,
-        }
+        form = mint_code_form(env, client_id, REDIRECT)
         answers = asyncio.run(
             post_all([(c.url + "/oauth/token", form) for c in pair for _ in range(20)])
         )

@@ -71,45 +71,12 @@ def test_two_workers_share_one_port_and_both_serve(two_workers: Process) -> None
 def test_one_code_redeemed_a_hundred_times_across_workers_succeeds_once(
     two_workers: Process,
 ) -> None:
-    from sidecar.keys import load_keyset
-    from sidecar.oauth.grants import Grants
-    from sidecar.store import open_store
-    from tests.support.oauth import pkce_pair
+    from tests.support.oauth import mint_code_form
 
     client_id = httpx.post(
         two_workers.url + "/oauth/register", json={"redirect_uris": [REDIRECT]}
     ).json()["client_id"]
-    settings = load_settings(env=two_workers.extra["env"])  # type: ignore[arg-type]
-    verifier, challenge = pkce_pair()
-
-    async def mint() -> str:
-        store = open_store(settings.store_url)
-        await store.open()
-        try:
-            return await Grants(settings, store, load_keyset(settings)).new_code(
-                {
-                    "client_id": client_id,
-                    "redirect_uri": REDIRECT,
-                    "code_challenge": challenge,
-                    "scope": ["openid"],
-                    "resource": settings.default_resource.url,
-                    "nonce": None,
-                    "sub": "u",
-                    "user": {},
-                    "auth_time": 1,
-                }
-            )
-        finally:
-            await store.close()
-
-    code = asyncio.run(mint())
-    form = {
-        "grant_type": "authorization_code",
-        "code": code,
-        "client_id": client_id,
-        "redirect_uri": REDIRECT,
-        "code_verifier": verifier,
-    }
+    form = mint_code_form(two_workers.extra["env"], client_id, REDIRECT)  # type: ignore[arg-type]
     responses = asyncio.run(post_all([(two_workers.url + "/oauth/token", form)] * 100))
     assert Counter(r.status_code for r in responses) == {200: 1, 400: 99}
 

@@ -130,3 +130,46 @@ class OAuthClient:
             page = browser.consent(page)
         assert page.status_code in (302, 303), page.text
         return query_of(page.headers["location"])
+
+
+def mint_code_form(env: dict[str, str], client_id: str, redirect_uri: str) -> dict[str, str]:
+    """An authorization code written straight into the store the sidecar(s)
+    configured by ``env`` share, as /oauth/authorize would write it; returns
+    the token request that redeems it."""
+    import asyncio
+
+    from sidecar.config import load_settings
+    from sidecar.keys import load_keyset
+    from sidecar.oauth.grants import Grants
+    from sidecar.store import open_store
+
+    settings = load_settings(env=env)
+    verifier, challenge = pkce_pair()
+
+    async def mint() -> str:
+        store = open_store(settings.store_url)
+        await store.open()
+        try:
+            return await Grants(settings, store, load_keyset(settings)).new_code(
+                {
+                    "client_id": client_id,
+                    "redirect_uri": redirect_uri,
+                    "code_challenge": challenge,
+                    "scope": ["openid"],
+                    "resource": settings.default_resource.url,
+                    "nonce": None,
+                    "sub": "u",
+                    "user": {},
+                    "auth_time": 1,
+                }
+            )
+        finally:
+            await store.close()
+
+    return {
+        "grant_type": "authorization_code",
+        "code": asyncio.run(mint()),
+        "client_id": client_id,
+        "redirect_uri": redirect_uri,
+        "code_verifier": verifier,
+    }

@@ -9,17 +9,16 @@ sidecar's CPU time per request from /proc/<pid>/stat."""
 
 from __future__ import annotations
 
-import subprocess
-import tempfile
 from pathlib import Path
 
 import httpx
 
+from bench.baseline import baseline_checkout
 from bench.nginx import measure
 from bench.tokens import Result
 from tests.support import fixtures
 from tests.support.oauth import OAuthClient, form_fields
-from tests.support.processes import ROOT, Process, free_port, start_better_auth, start_sidecar
+from tests.support.processes import Process, free_port, start_better_auth, start_sidecar
 
 
 def signed_in(base: str) -> tuple[str, OAuthClient, str]:
@@ -61,17 +60,9 @@ def run(seconds: int, baseline: str | None = None) -> None:
         ("recheck every 60 s (default)", None, {}),
         ("recheck every time (0)", None, {"SIDECAR_SESSION_RECHECK_SECONDS": "0"}),
     ]
-    worktree = None
-    if baseline:
-        worktree = Path(tempfile.mkdtemp(prefix="sidecar-baseline-")) / "tree"
-        subprocess.run(
-            ["git", "worktree", "add", "--detach", str(worktree), baseline],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
-        checkouts.append((f"baseline {baseline[:10]}", worktree, {}))
-    try:
+    with baseline_checkout(baseline) as tree:
+        if tree is not None and baseline:
+            checkouts.append((f"baseline {baseline[:10]}", tree, {}))
         for label, cwd, extra in checkouts:
             port = free_port()
             base = f"http://127.0.0.1:{port}"
@@ -94,11 +85,3 @@ def run(seconds: int, baseline: str | None = None) -> None:
                     sidecar.stop()
             finally:
                 app.stop()
-    finally:
-        if worktree is not None:
-            subprocess.run(
-                ["git", "worktree", "remove", "--force", str(worktree)],
-                cwd=ROOT,
-                check=False,
-                capture_output=True,
-            )

@@ -12,17 +12,17 @@ side in one run. CPU time of the sidecar per request from /proc/<pid>/stat.
 
 from __future__ import annotations
 
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+from bench.baseline import baseline_checkout
 from bench.nginx import measure
 from bench.tokens import Result
 from sidecar.config import load_settings
 from sidecar.keys import load_keyset
 from tests.support import fixtures
-from tests.support.processes import ROOT, Process, start_sidecar, start_upstream
+from tests.support.processes import Process, running, start_sidecar, start_upstream
 
 LUA = """
 local tokens = {}
@@ -86,22 +86,13 @@ def load(sidecar: Process, tokens: list[str], seconds: int) -> tuple[Result, flo
 
 def run(seconds: int, baseline: str | None = None) -> None:
     print("\n(f) the gateway on a guarded path (trivial upstream), c=16")
-    upstream = start_upstream()
-    worktree = None
-    try:
-        variants: list[tuple[str, Path | None, int]] = [
-            ("one access token (Convex token reused)", None, 1),
-            ("a new access token per request (minted)", None, 6000 * seconds),
-        ]
-        if baseline:
-            worktree = Path(tempfile.mkdtemp(prefix="sidecar-baseline-")) / "tree"
-            subprocess.run(
-                ["git", "worktree", "add", "--detach", str(worktree), baseline],
-                cwd=ROOT,
-                check=True,
-                capture_output=True,
-            )
-            variants.append((f"one access token, baseline {baseline[:10]}", worktree, 1))
+    variants: list[tuple[str, Path | None, int]] = [
+        ("one access token (Convex token reused)", None, 1),
+        ("a new access token per request (minted)", None, 6000 * seconds),
+    ]
+    with baseline_checkout(baseline) as tree, running(start_upstream()) as upstream:
+        if tree is not None and baseline:
+            variants.append((f"one access token, baseline {baseline[:10]}", tree, 1))
         for label, cwd, n in variants:
             sidecar = start_sidecar(
                 upstream.url,
@@ -110,17 +101,6 @@ def run(seconds: int, baseline: str | None = None) -> None:
                 SIDECAR_LOG_LEVEL="warning",
                 **keys(),
             )
-            try:
+            with running(sidecar):
                 result, cpu_us = load(sidecar, access_tokens(sidecar, n), seconds)
                 print(f"  {label:<46} {result}  CPU {cpu_us:>5.0f} µs/request", flush=True)
-            finally:
-                sidecar.stop()
-    finally:
-        upstream.stop()
-        if worktree is not None:
-            subprocess.run(
-                ["git", "worktree", "remove", "--force", str(worktree)],
-                cwd=ROOT,
-                check=False,
-                capture_output=True,
-            )

@@ -10,13 +10,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.tokens import Result, parse
-from tests.support.processes import Process, free_port, start, start_sidecar, start_upstream
+from tests.support.processes import Process, start_nginx, start_sidecar, start_upstream
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -67,44 +66,6 @@ def measure(
     return Measured(result, used / served * 1e6 if served else 0.0)
 
 
-def start_nginx(upstream_port: int) -> Process:
-    port = free_port()
-    directory = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
-    (directory / "nginx.conf").write_text(
-        f"""
-worker_processes 1;
-daemon off;
-pid {directory}/nginx.pid;
-error_log {directory}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  client_body_temp_path {directory}/body;
-  proxy_temp_path {directory}/proxy;
-  fastcgi_temp_path {directory}/fastcgi;
-  uwsgi_temp_path {directory}/uwsgi;
-  scgi_temp_path {directory}/scgi;
-  upstream app {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
-  server {{
-    listen 127.0.0.1:{port};
-    location / {{
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_buffering off;
-    }}
-  }}
-}}
-"""
-    )
-    return start(
-        "nginx",
-        ["nginx", "-p", str(directory), "-c", str(directory / "nginx.conf")],
-        port=port,
-        ready_path="/health",
-    )
-
-
 LOADS = [
     ("small JSON", "/small", [1, 16, 64]),
     ("1 MiB body", "/download?size=1048576", [16]),
@@ -118,7 +79,7 @@ def run(seconds: int) -> None:
         return
     print("\n(g) the passthrough beside nginx (one worker each), same upstream, same run")
     upstream = start_upstream()
-    nginx = start_nginx(upstream.port)
+    nginx = start_nginx(upstream.port, ready_path="/health")
     sidecar = start_sidecar(upstream.url, SIDECAR_LOG_LEVEL="info")
     try:
         for label, path, levels in LOADS:

@@ -416,10 +416,15 @@ def test_the_pages_pass_an_accessibility_scan_in_dark_mode(
 ) -> None:
     from axe_playwright_python.sync_playwright import Axe
 
-    for who in _person(chromium, oauth_stack, loopback_client, color_scheme="dark"):
+    options = {"color_scheme": "dark", "viewport": {"width": 360, "height": 800}}
+    for who in _person(chromium, oauth_stack, loopback_client, **options):
         who.sign_in_by_api(account.email)
-        for url in (client.authorize_url(scope="openid"), "/oauth/account"):
+        for name, url in (
+            ("consent", client.authorize_url(scope="openid")),
+            ("account", "/oauth/account"),
+        ):
             who.page.goto(who.base + url)
+            screenshot(who.page, f"axe-{name}-360-dark")
             results = Axe().run(who.page)
             serious = [
                 v for v in results.response["violations"] if v["impact"] in ("serious", "critical")

@@ -33,7 +33,7 @@ from tests.support.processes import (
     Process,
     free_port,
     start_better_auth,
-    start_nginx_tls,
+    start_nginx,
     start_sidecar,
 )
 
@@ -254,7 +254,7 @@ def test_behind_nginx_terminating_tls_the_flow_is_https_end_to_end(ca: Throwaway
     sidecar_port = free_port()
     # The sidecar must know nginx's port (its public URL), so nginx starts
     # first, pointing at the sidecar's port; it answers 502 until then.
-    nginx = start_nginx_tls(sidecar_port, leaf.cert, leaf.key, ca.path)
+    nginx = start_nginx(sidecar_port, tls=(leaf.cert, leaf.key, ca.path))
     public = f"https://127.0.0.1:{nginx.port}"
     app = start_better_auth(
         TRUSTED_ORIGINS=public, BETTER_AUTH_URL=public, PUBLIC_URL=public,

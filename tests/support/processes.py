@@ -470,19 +470,39 @@ def nginx_available() -> bool:
     return shutil.which("nginx") is not None
 
 
-def start_nginx_tls(upstream_port: int, cert: Path, key: Path, ca: Path) -> Process:
-    """nginx terminating TLS in front of a sidecar, as an ingress would:
-    X-Forwarded-Proto https and the client's address, from a trusted peer."""
+def start_nginx(
+    upstream_port: int,
+    *,
+    tls: tuple[Path, Path, Path] | None = None,
+    ready_path: str = "/oauth/healthz",
+) -> Process:
+    """nginx with one worker proxying to ``upstream_port`` with keepalive and
+    no buffering (the benchmark's yardstick). ``tls``: (cert, key, CA) to
+    terminate TLS as an ingress would, sending X-Forwarded-Proto https and
+    the client's address to a sidecar that trusts it."""
     require(nginx_available(), "nginx is not installed (apt-get install nginx-light)")
     port = free_port()
     directory = Path(tempfile.mkdtemp(prefix="sidecar-nginx-"))
+    listen = f"127.0.0.1:{port}"
+    server_tls = ""
+    forwarded = ""
+    if tls is not None:
+        cert, key, _ca = tls
+        listen += " ssl"
+        server_tls = f"ssl_certificate {cert}; ssl_certificate_key {key};"
+        forwarded = (
+            "proxy_set_header Host $http_host; "
+            "proxy_set_header X-Forwarded-Proto https; "
+            "proxy_set_header X-Forwarded-Host $http_host; "
+            "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;"
+        )
     (directory / "nginx.conf").write_text(
         f"""
 worker_processes 1;
 daemon off;
 pid {directory}/nginx.pid;
 error_log {directory}/error.log warn;
-events {{ worker_connections 256; }}
+events {{ worker_connections 1024; }}
 http {{
   access_log off;
   client_body_temp_path {directory}/body;
@@ -490,19 +510,15 @@ http {{
   fastcgi_temp_path {directory}/fastcgi;
   uwsgi_temp_path {directory}/uwsgi;
   scgi_temp_path {directory}/scgi;
-  upstream sidecar {{ server 127.0.0.1:{upstream_port}; keepalive 16; }}
+  upstream app {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
   server {{
-    listen 127.0.0.1:{port} ssl;
-    ssl_certificate {cert};
-    ssl_certificate_key {key};
+    listen {listen};
+    {server_tls}
     location / {{
-      proxy_pass http://sidecar;
+      proxy_pass http://app;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
-      proxy_set_header Host $http_host;
-      proxy_set_header X-Forwarded-Proto https;
-      proxy_set_header X-Forwarded-Host $http_host;
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      {forwarded}
       proxy_buffering off;
     }}
   }}
@@ -513,7 +529,7 @@ http {{
         "nginx",
         ["nginx", "-p", str(directory), "-c", str(directory / "nginx.conf")],
         port=port,
-        ready_path="/oauth/healthz",
-        scheme="https",
-        verify=str(ca),
+        ready_path=ready_path,
+        scheme="https" if tls else "http",
+        verify=str(tls[2]) if tls else True,
     )

@@ -15,7 +15,7 @@ import pytest
 
 from tests.e2e.conftest import Stack
 from tests.support.browser import screenshot
-from tests.support.oauth import PASSWORD, REDIRECT, Browser, OAuthClient
+from tests.support.oauth import PASSWORD, Browser, OAuthClient
 
 
 @dataclass
@@ -26,6 +26,7 @@ class Person:
     context: Any
     page: Any
     base: str
+    redirect_uri: str
     arrived: list[str] = field(default_factory=list)
     console: list[str] = field(default_factory=list)
 
@@ -54,8 +55,12 @@ class Person:
 
 
 class LoopbackClient:
-    """A desktop client's loopback listener at REDIRECT, as a real one
-    listens (Playwright's routing does not see every redirect target)."""
+    """A desktop client's loopback listener, as a real one listens
+    (Playwright's routing does not see every redirect target). Like a real
+    desktop client it takes whatever port the system gives it (RFC 8252
+    section 7.3: the sidecar matches loopback redirect URIs on any port); a
+    fixed port could be taken, as any port in the ephemeral range may be by
+    some other socket's outgoing connection."""
 
     def __init__(self) -> None:
         import threading
@@ -70,7 +75,7 @@ class LoopbackClient:
 
             def do_GET(self) -> None:
                 if self.path.startswith("/callback"):  # not the favicon
-                    outer.arrived.append(REDIRECT.split("/callback")[0] + self.path)
+                    outer.arrived.append(outer.origin + self.path)
                 body = b"client callback"
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain")
@@ -78,8 +83,9 @@ class LoopbackClient:
                 self.end_headers()
                 self.wfile.write(body)
 
-        parts = urlsplit(REDIRECT)
-        self.server = ThreadingHTTPServer((parts.hostname or "", parts.port or 0), Callback)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Callback)
+        self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.redirect_uri = self.origin + "/callback"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
@@ -106,7 +112,7 @@ def _person(
     context.set_default_timeout(10_000)
     page = context.new_page()
     listener.arrived.clear()
-    who = Person(context, page, stack.sidecar.url, arrived=listener.arrived)
+    who = Person(context, page, stack.sidecar.url, listener.redirect_uri, arrived=listener.arrived)
     page.on("console", lambda message: who.console.append(message.text))
     yield who
     context.close()
@@ -119,8 +125,8 @@ def account(oauth_stack: Stack) -> Browser:
 
 
 @pytest.fixture
-def client(oauth_stack: Stack) -> OAuthClient:
-    c = OAuthClient(oauth_stack.sidecar.url)
+def client(oauth_stack: Stack, loopback_client: LoopbackClient) -> OAuthClient:
+    c = OAuthClient(oauth_stack.sidecar.url, redirect_uri=loopback_client.redirect_uri)
     c.register(client_name="Journey Client", client_uri="https://journey.example")
     return c
 
@@ -141,7 +147,7 @@ def test_an_anonymous_person_signs_in_on_the_apps_page_and_allows(
     assert "Journey Client" in page.content()
     screenshot(page, "consent")
     page.get_by_role("button", name="Allow").click()
-    page.wait_for_url(REDIRECT + "**")
+    page.wait_for_url(person.redirect_uri + "**")
     got = person.callback
     assert got["state"] == "s-1"
     assert got["iss"] == f"{person.base}/oauth"
@@ -157,7 +163,7 @@ def test_deny_reaches_the_client_as_access_denied(
     person.sign_in_by_api(account.email)
     person.page.goto(person.base + client.authorize_url(scope="openid"))
     person.page.get_by_role("button", name="Deny").click()
-    person.page.wait_for_url(REDIRECT + "**")
+    person.page.wait_for_url(person.redirect_uri + "**")
     assert person.callback["error"] == "access_denied"
     assert person.csp_violations() == []
 
@@ -168,9 +174,9 @@ def test_consent_already_given_goes_straight_to_the_client(
     person.sign_in_by_api(account.email)
     person.page.goto(person.base + client.authorize_url(scope="openid"))
     person.page.get_by_role("button", name="Allow").click()
-    person.page.wait_for_url(REDIRECT + "**")
+    person.page.wait_for_url(person.redirect_uri + "**")
     person.page.goto(person.base + client.authorize_url(scope="openid"))
-    person.page.wait_for_url(REDIRECT + "**")
+    person.page.wait_for_url(person.redirect_uri + "**")
     assert len(person.arrived) == 2
     assert "code" in person.callback
 
@@ -181,7 +187,7 @@ def test_prompt_consent_shows_the_page_again_and_prompt_login_asks_to_sign_in(
     person.sign_in_by_api(account.email)
     person.page.goto(person.base + client.authorize_url(scope="openid"))
     person.page.get_by_role("button", name="Allow").click()
-    person.page.wait_for_url(REDIRECT + "**")
+    person.page.wait_for_url(person.redirect_uri + "**")
     person.page.goto(person.base + client.authorize_url(scope="openid", prompt="consent"))
     person.page.get_by_role("button", name="Allow").wait_for()
     person.page.goto(person.base + client.authorize_url(scope="openid", prompt="login"))
@@ -189,7 +195,7 @@ def test_prompt_consent_shows_the_page_again_and_prompt_login_asks_to_sign_in(
     person.page.get_by_label("Email").fill(account.email)
     person.page.get_by_label("Password").fill(PASSWORD)
     person.page.get_by_role("button", name="Sign in").click()
-    person.page.wait_for_url(REDIRECT + "**")  # remembered consent, signed in afresh
+    person.page.wait_for_url(person.redirect_uri + "**")  # remembered consent, signed in afresh
     assert "code" in person.callback
 
 
@@ -251,7 +257,7 @@ def test_keyboard_only_tab_to_allow_and_enter(
             break
     assert page.evaluate("document.activeElement.textContent") == "Allow"
     page.keyboard.press("Enter")
-    page.wait_for_url(REDIRECT + "**")
+    page.wait_for_url(person.redirect_uri + "**")
     assert "code" in person.callback
 
 
@@ -266,7 +272,7 @@ def test_the_journey_needs_no_javascript(
         who.sign_in_by_api(account.email)
         who.page.goto(who.base + client.authorize_url(scope="openid"))
         who.page.get_by_role("button", name="Allow").click()
-        who.page.wait_for_url(REDIRECT + "**")
+        who.page.wait_for_url(who.redirect_uri + "**")
         assert "code" in who.callback
 
 
@@ -362,7 +368,7 @@ def test_connected_apps_from_sign_in_to_revoke(
     assert "No application has access" in page.content()
     page.goto(person.base + client.authorize_url(scope="openid email"))
     page.get_by_role("button", name="Allow").click()
-    page.wait_for_url(REDIRECT + "**")
+    page.wait_for_url(person.redirect_uri + "**")
     assert client.exchange(person.callback["code"]).status_code == 200  # the grant begins
     page.goto(f"{person.base}/oauth/account")
     assert "Journey Client" in page.content()
@@ -393,7 +399,7 @@ def test_allow_on_a_pending_request_that_expired_shows_why_and_sends_nowhere(
 ) -> None:
     base = short_lived_stack.sidecar.url
     account = Browser(base).sign_up("Annie Easley")
-    client = OAuthClient(base)
+    client = OAuthClient(base, redirect_uri=loopback_client.redirect_uri)
     client.register(client_name="Slow Reader")
     for who in _person(chromium, short_lived_stack, loopback_client):
         who.sign_in_by_api(account.email)

@@ -241,6 +241,8 @@ class SidecarApp:
             if await self.limits.refuse(scope, send, query=False):
                 return
             await self.gateway(resource, scope, receive, send)
+        elif scope["type"] == "http":
+            await self.proxy.http(scope, receive, send)  # one coroutine frame less
         else:
             await self.proxy(scope, receive, send)
 

@@ -16,7 +16,7 @@ import uvicorn
 from sidecar.app import create_app
 from sidecar.config import Settings
 from sidecar.observability.logging import configure_logging
-from sidecar.slow_clients import protocol_with_deadline
+from sidecar.server_protocol import sidecar_protocol
 
 
 def uvicorn_config(settings: Settings) -> uvicorn.Config:
@@ -25,7 +25,7 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http=protocol_with_deadline(settings.header_timeout),
+        http=sidecar_protocol(settings.header_timeout),
         ws="websockets-sansio",
         lifespan="on",
         # X-Forwarded-* are handled by the proxy against trusted_proxies;

@@ -59,6 +59,34 @@ def test_every_request_gets_one_access_log_line(sidecar: Process) -> None:
     assert line["upstream_ms"] <= line["duration_ms"]
 
 
+def test_requests_that_finish_together_each_get_one_whole_access_line(sidecar: Process) -> None:
+    # Lines written in one turn of the loop leave in one write: under
+    # concurrency each must still be one whole JSON line of its own.
+    ids = [f"together-{i:04d}" for i in range(64)]
+    with httpx.Client(limits=httpx.Limits(max_connections=32)) as client:
+        threads = [
+            threading.Thread(
+                target=client.get,
+                args=(sidecar.url + "/small",),
+                kwargs={"headers": {"X-Request-Id": i}},
+            )
+            for i in ids
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        seen = [r["request_id"] for r in sidecar.log_records() if r.get("event") == "request"]
+        if set(ids) <= set(seen):
+            break
+        time.sleep(0.05)
+    assert sorted(i for i in seen if i in set(ids)) == ids
+    torn = [line for line in sidecar.log_text().splitlines() if line.count('"event":') > 1]
+    assert torn == []
+
+
 def test_sigterm_drains_in_flight_requests_then_exits(upstream: Process) -> None:
     sidecar = start_sidecar(upstream.url)
     result: dict[str, object] = {}

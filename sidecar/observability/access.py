@@ -6,7 +6,6 @@ contextvars (see STYLE.md).
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -83,7 +82,7 @@ class AccessMiddleware:
                     "client": scope["client"][0] if scope.get("client") else None,
                 }
                 if self.direct_json:
-                    sys.stderr.write(sidecar_logging.json_line("request", fields))
+                    sidecar_logging.ACCESS_LINES.write(sidecar_logging.json_line("request", fields))
                 else:
                     log.info("request", **fields)
             structlog.contextvars.unbind_contextvars("request_id")

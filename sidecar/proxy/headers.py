@@ -79,8 +79,8 @@ def upstream_request_headers(
     drop_prefixes: tuple[bytes, ...] = (),
 ) -> list[tuple[str, str]]:
     """The headers to send upstream for one inbound request."""
-    tokens = connection_tokens(headers)
     out: list[tuple[str, str]] = []
+    connection: list[tuple[bytes, bytes]] = []
     inbound_host = b""
     chain: list[str] = []  # X-Forwarded-For from trusted proxies, oldest first
     proto = ""
@@ -101,11 +101,18 @@ def upstream_request_headers(
                 else:
                     out.append((name.decode("latin-1"), text))
             continue
-        if name in HOP_BY_HOP or name in HANDLED or name in tokens:
+        if name in HOP_BY_HOP or name in HANDLED:
+            if name == b"connection":
+                connection.append((name, value))
             continue
         if drop_prefixes and name.startswith(drop_prefixes):
             continue
         out.append((name.decode("latin-1"), value.decode("latin-1")))
+    # Fields the client named in Connection are for this hop only (RFC 9110
+    # section 7.6.1); looked for after the one pass, as most name none.
+    if connection and (listed := connection_tokens(connection) - HOP_BY_HOP):
+        names = {token.decode("latin-1") for token in listed}
+        out = [(k, v) for k, v in out if k not in names or k.encode("latin-1") in FORWARDED]
     host = inbound_host if preserve_host and inbound_host else upstream_host
     out.append(("host", host.decode("latin-1")))
     if peer:
@@ -132,18 +139,21 @@ def client_response_headers(
     ``upstream_cookie_domain``: the upstream's own host name, when it differs
     from the public one; a cookie scoped to it would be refused by the browser
     on the public origin, so its Domain attribute is dropped (host-only)."""
-    raw = list(raw)
-    tokens = connection_tokens((n.lower(), v) for n, v in raw)
     out: Headers = []
+    connection: list[tuple[bytes, bytes]] = []
     for name, value in raw:
         lname = name.lower()
-        if lname in HOP_BY_HOP or lname in tokens or lname == b"x-request-id":
+        if lname in HOP_BY_HOP or lname == b"x-request-id":
+            if lname == b"connection":
+                connection.append((lname, value))
             continue
         if lname == b"location":
             value = rewrite_location(value, upstream_origin, public_origin)
         elif lname == b"set-cookie" and upstream_cookie_domain:
             value = drop_cookie_domain(value, upstream_cookie_domain)
         out.append((lname, value))
+    if connection and (listed := connection_tokens(connection) - HOP_BY_HOP):
+        out = [(k, v) for k, v in out if k not in listed]
     return out
 
 

@@ -83,6 +83,11 @@ class UpstreamResponse:
                 return value
         return None
 
+    @property
+    def body_complete(self) -> bool:
+        """Every body byte has been handed out by iter_body."""
+        return self._conn.complete and not self._conn.chunks
+
     def set_cookies(self) -> list[bytes]:
         return [v for k, v in self.raw_headers if k.lower() == b"set-cookie"]
 

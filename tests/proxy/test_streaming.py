@@ -117,6 +117,31 @@ def test_a_client_that_disconnects_cancels_its_upstream_request(
     assert state["stream_finished"] == before["stream_finished"]
 
 
+def test_a_client_that_leaves_before_the_upstream_answers_cancels_its_request(
+    upstream: Process,
+) -> None:
+    # A response timeout far beyond the wait below, so that only the
+    # client's leaving can end the upstream request in time.
+    with running(start_sidecar(upstream.url, SIDECAR_UPSTREAM_RESPONSE_TIMEOUT="60")) as sidecar:
+        before = httpx.get(upstream.url + "/state").json()
+        with socket.create_connection(("127.0.0.1", sidecar.port), timeout=5) as s:
+            s.sendall(b"GET /think HTTP/1.1\r\nHost: x\r\n\r\n")
+            started = _wait_for(upstream, "think_started", before["think_started"] + 1)
+            assert started["think_started"] == before["think_started"] + 1
+        # The upstream, still thinking, sees its request dropped.
+        state = _wait_for(upstream, "think_disconnects", before["think_disconnects"] + 1)
+        assert state["think_disconnects"] == before["think_disconnects"] + 1
+
+
+def _wait_for(upstream: Process, key: str, value: int) -> dict[str, int]:
+    deadline = time.monotonic() + 5
+    while True:
+        state: dict[str, int] = httpx.get(upstream.url + "/state").json()
+        if state[key] >= value or time.monotonic() > deadline:
+            return state
+        time.sleep(0.05)
+
+
 def test_concurrent_streams_do_not_block_each_other(sidecar: Process) -> None:
     results: list[int] = []
 

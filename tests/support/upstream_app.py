@@ -16,7 +16,13 @@ Scope = dict[str, Any]
 
 # State shared between requests of this one process.
 RELEASE = asyncio.Event()
-STATE: dict[str, Any] = {"stream_disconnects": 0, "stream_started": 0, "stream_finished": 0}
+STATE: dict[str, Any] = {
+    "stream_disconnects": 0,
+    "stream_started": 0,
+    "stream_finished": 0,
+    "think_started": 0,
+    "think_disconnects": 0,
+}
 
 PATTERN = bytes(range(256)) * 256  # 64 KiB of known bytes
 SMALL_JSON = json.dumps({"id": 42, "name": "small", "tags": ["a", "b"], "ok": True}).encode()
@@ -181,6 +187,15 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             disconnected.cancel()
+    elif path == "/think":
+        # Answers nothing for 10 s, and counts a client that goes away first.
+        STATE["think_started"] += 1
+        try:
+            await asyncio.wait_for(receive_until_disconnect(receive), 10)
+        except TimeoutError:
+            await json_response(send, {"thought": True})
+            return
+        STATE["think_disconnects"] += 1
     elif path == "/state":
         await json_response(send, STATE)
     elif path == "/cookies":

@@ -14,8 +14,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.run import signed_in_cookie
 from bench.tokens import Result, parse
-from tests.support.processes import Process, start_nginx, start_sidecar, start_upstream
+from tests.support.processes import (
+    Process,
+    free_port,
+    node_available,
+    start_better_auth,
+    start_nginx,
+    start_sidecar,
+    start_upstream,
+)
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -84,17 +93,45 @@ def run(seconds: int) -> None:
     try:
         for label, path, levels in LOADS:
             for c in levels:
-                n = measure(nginx.url + path, nginx, c, seconds)
-                s = measure(sidecar.url + path, sidecar, c, seconds)
-                ratio = s.cpu_us / n.cpu_us if n.cpu_us else 0.0
-                print(
-                    f"  {label:<16} c={c:<3} nginx {n.result.rps:>8.0f} req/s p50 "
-                    f"{n.result.p50_ms:>6.2f} p99 {n.result.p99_ms:>7.2f} CPU {n.cpu_us:>6.0f} µs"
-                    f" | sidecar {s.result.rps:>7.0f} req/s p50 {s.result.p50_ms:>6.2f} p99 "
-                    f"{s.result.p99_ms:>7.2f} CPU {s.cpu_us:>6.0f} µs | CPU ratio {ratio:>4.1f}",
-                    flush=True,
-                )
+                compare(label, path, c, nginx, sidecar, seconds)
     finally:
         sidecar.stop()
         nginx.stop()
         upstream.stop()
+    if not node_available():
+        print("  Better Auth get-session skipped: Node or the fixture is missing (run make test)")
+        return
+    # The real Better Auth + convex() server behind each, signed in.
+    port = free_port()
+    app = start_better_auth(TRUSTED_ORIGINS=f"http://127.0.0.1:{port}")
+    nginx = start_nginx(app.port, ready_path="/api/auth/ok")
+    sidecar = start_sidecar(app.url, port=port, SIDECAR_LOG_LEVEL="info")
+    try:
+        cookie = ["-H", f"Cookie: {signed_in_cookie(app.url, app.url)}"]
+        for c in (1, 16):
+            compare("get-session", "/api/auth/get-session", c, nginx, sidecar, seconds, cookie)
+    finally:
+        sidecar.stop()
+        nginx.stop()
+        app.stop()
+
+
+def compare(
+    label: str,
+    path: str,
+    c: int,
+    nginx: Process,
+    sidecar: Process,
+    seconds: int,
+    extra: Sequence[str] = (),
+) -> None:
+    n = measure(nginx.url + path, nginx, c, seconds, extra)
+    s = measure(sidecar.url + path, sidecar, c, seconds, extra)
+    ratio = s.cpu_us / n.cpu_us if n.cpu_us else 0.0
+    print(
+        f"  {label:<16} c={c:<3} nginx {n.result.rps:>8.0f} req/s p50 "
+        f"{n.result.p50_ms:>6.2f} p99 {n.result.p99_ms:>7.2f} CPU {n.cpu_us:>6.0f} µs"
+        f" | sidecar {s.result.rps:>7.0f} req/s p50 {s.result.p50_ms:>6.2f} p99 "
+        f"{s.result.p99_ms:>7.2f} CPU {s.cpu_us:>6.0f} µs | CPU ratio {ratio:>4.1f}",
+        flush=True,
+    )

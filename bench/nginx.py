@@ -3,7 +3,9 @@ the same load, the same run; nginx-light with one worker and keepalive to the
 upstream, the sidecar as configured by default (access line and metrics on).
 Reported per load: req/s, p50/p99 and CPU time per request of the serving
 processes (/proc/<pid>/stat of the process and its children, divided by the
-requests served): the figure to steer by on a shared, noisy machine."""
+requests served): the figure to steer by on a shared, noisy machine. With
+``--baseline REV`` the sidecar as it was at REV is measured in the same run,
+each of its lines beside the same nginx."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.baseline import baseline_checkout
 from bench.run import signed_in_cookie
 from bench.tokens import Result, parse
 from tests.support.processes import (
@@ -82,22 +85,28 @@ LOADS = [
 ]
 
 
-def run(seconds: int) -> None:
+def run(seconds: int, baseline: str | None = None) -> None:
     if not shutil.which("nginx"):
         print("\n(g) skipped: nginx is not installed (apt-get install nginx-light)")
         return
     print("\n(g) the passthrough beside nginx (one worker each), same upstream, same run")
-    upstream = start_upstream()
-    nginx = start_nginx(upstream.port, ready_path="/health")
-    sidecar = start_sidecar(upstream.url, SIDECAR_LOG_LEVEL="info")
-    try:
-        for label, path, levels in LOADS:
-            for c in levels:
-                compare(label, path, c, nginx, sidecar, seconds)
-    finally:
-        sidecar.stop()
-        nginx.stop()
-        upstream.stop()
+    with baseline_checkout(baseline) as tree:
+        upstream = start_upstream()
+        nginx = start_nginx(upstream.port, ready_path="/health")
+        sidecar = start_sidecar(upstream.url, SIDECAR_LOG_LEVEL="info")
+        before = start_sidecar(upstream.url, cwd=tree, SIDECAR_LOG_LEVEL="info") if tree else None
+        try:
+            for label, path, levels in LOADS:
+                for c in levels:
+                    compare(label, path, c, nginx, sidecar, seconds)
+                    if before is not None and baseline:
+                        compare(f"  at {baseline[:10]}", path, c, nginx, before, seconds)
+        finally:
+            if before is not None:
+                before.stop()
+            sidecar.stop()
+            nginx.stop()
+            upstream.stop()
     if not node_available():
         print("  Better Auth get-session skipped: Node or the fixture is missing (run make test)")
         return

@@ -146,7 +146,7 @@ def main() -> int:
         default=None,
     )
     parser.add_argument(
-        "--baseline", default=None, help="(e, f) also measure the sidecar as it was at this rev"
+        "--baseline", default=None, help="(e, f, g) also measure the sidecar as it was at this rev"
     )
     args = parser.parse_args()
     levels = [1, 16, 64]
@@ -215,7 +215,7 @@ def main() -> int:
             if shutil.which("wrk"):
                 from bench.nginx import run as run_nginx
 
-                run_nginx(args.seconds)
+                run_nginx(args.seconds, args.baseline)
             else:
                 print("\n(g) skipped: needs wrk")
         if args.only in (None, "workers"):

@@ -25,6 +25,7 @@ from typing import Any
 import structlog
 
 from sidecar.config import Settings
+from sidecar.observability.logging import bind_process_context
 
 RESPAWN_PAUSE = 0.5  # seconds between a worker's death and its replacement
 EXIT_STARTUP_FAILED = 3
@@ -126,7 +127,7 @@ class Supervisor:
 
         # The supervisor serves the one metrics listener for all of them.
         settings = dataclasses.replace(self.settings, metrics_port=0)
-        structlog.contextvars.bind_contextvars(worker=number)
+        bind_process_context(worker=number)
         server = Server(uvicorn_config(settings))
         server.run(sockets=[self.listener])
         return 0 if server.started else EXIT_STARTUP_FAILED

@@ -60,8 +60,7 @@ def test_every_request_gets_one_access_log_line(sidecar: Process) -> None:
 
 
 def test_requests_that_finish_together_each_get_one_whole_access_line(sidecar: Process) -> None:
-    # Lines written in one turn of the loop leave in one write: under
-    # concurrency each must still be one whole JSON line of its own.
+    # Under concurrency each request still gets one whole JSON line of its own.
     ids = [f"together-{i:04d}" for i in range(64)]
     with httpx.Client(limits=httpx.Limits(max_connections=32)) as client:
         threads = [

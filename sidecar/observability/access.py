@@ -6,6 +6,7 @@ contextvars (see STYLE.md).
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +15,7 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sidecar.observability import logging as sidecar_logging
-from sidecar.observability.context import RequestContext, request_id_from
+from sidecar.observability.context import CURRENT_REQUEST_ID, RequestContext, request_id_from
 from sidecar.observability.metrics import REQUEST_SECONDS, REQUESTS
 
 log = structlog.get_logger("sidecar.access")
@@ -48,7 +49,7 @@ class AccessMiddleware:
             request_id=request_id_from(scope["headers"]), route=self.classify(scope["path"])
         )
         scope["sidecar"] = ctx
-        structlog.contextvars.bind_contextvars(request_id=ctx.request_id)
+        bound = CURRENT_REQUEST_ID.set(ctx.request_id)
         status = 0
         request_id_header = (b"x-request-id", ctx.request_id.encode("ascii"))
 
@@ -82,7 +83,8 @@ class AccessMiddleware:
                     "client": scope["client"][0] if scope.get("client") else None,
                 }
                 if self.direct_json:
-                    sidecar_logging.ACCESS_LINES.write(sidecar_logging.json_line("request", fields))
+                    # One write per line: atomic on a pipe shared by workers.
+                    sys.stderr.write(sidecar_logging.json_line("request", fields))
                 else:
                     log.info("request", **fields)
-            structlog.contextvars.unbind_contextvars("request_id")
+            CURRENT_REQUEST_ID.reset(bound)

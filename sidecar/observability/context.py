@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,13 @@ class RequestContext:
     request_id: str
     route: str
     upstream_ms: float | None = None
+
+
+# The request id of the request being served, for every log line written
+# while serving it (sidecar.observability.logging adds it). One context
+# variable set once a request: structlog's bind/unbind and the merge of all
+# its bound variables cost about 4 µs of each proxied request (`make bench`).
+CURRENT_REQUEST_ID: ContextVar[str | None] = ContextVar("sidecar_request_id", default=None)
 
 
 def new_request_id() -> str:

@@ -6,8 +6,6 @@ process prints has one shape.
 
 from __future__ import annotations
 
-import asyncio
-import atexit
 import logging
 import sys
 import time
@@ -15,6 +13,8 @@ from typing import Any
 
 import orjson
 import structlog
+
+from sidecar.observability.context import CURRENT_REQUEST_ID
 
 # Set by configure_logging: whether info lines go out as JSON. The access
 # line, written once per request, then skips structlog's processor chain
@@ -36,6 +36,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     JSON_INFO_LINES = use_json and _LEVELS[level] <= logging.INFO
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        add_request_id,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
@@ -72,6 +73,23 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     logging.getLogger("uvicorn.access").disabled = True
 
 
+def add_request_id(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: the id of the request being served, if any."""
+    request_id = CURRENT_REQUEST_ID.get()
+    if request_id is not None:
+        event.setdefault("request_id", request_id)
+    return event
+
+
+_process_bound: dict[str, Any] = {}
+
+
+def bind_process_context(**values: Any) -> None:
+    """Fields for every line this process writes (a worker's number)."""
+    structlog.contextvars.bind_contextvars(**values)
+    _process_bound.update(values)
+
+
 def _dumps(value: Any, **options: Any) -> str:
     """structlog's serializer: orjson, with structlog's fallback for values
     JSON has no form for (it passes ``default``)."""
@@ -93,44 +111,17 @@ def _timestamp(now: float) -> str:
 
 def json_line(event: str, fields: dict[str, Any]) -> str:
     """One line as structlog's JSON renderer writes it for an info event:
-    the fields, the bound context (request id, worker), level, timestamp."""
+    the fields, the request id, what the process bound (its worker number),
+    level, timestamp."""
     line = {
         **fields,
         "event": event,
-        **structlog.contextvars.get_contextvars(),
+        "request_id": CURRENT_REQUEST_ID.get(),
+        **_process_bound,
         "level": "info",
         "timestamp": _timestamp(time.time()),
     }
     return orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE).decode()
-
-
-class LinesPerTurn:
-    """Lines written during one turn of the event loop leave in one write to
-    stderr at the end of that turn: under load several requests finish in
-    the same turn, and each write to a pipe is a system call (measured: a
-    few µs of a proxied request's CPU). No line waits longer than the
-    callback that wrote it; outside a running loop a line is written at once."""
-
-    def __init__(self) -> None:
-        self._pending: list[str] = []
-
-    def write(self, line: str) -> None:
-        if not self._pending:
-            try:
-                asyncio.get_running_loop().call_soon(self.flush)
-            except RuntimeError:
-                sys.stderr.write(line)
-                return
-        self._pending.append(line)
-
-    def flush(self) -> None:
-        if self._pending:
-            lines, self._pending = self._pending, []
-            sys.stderr.write("".join(lines))
-
-
-ACCESS_LINES = LinesPerTurn()
-atexit.register(ACCESS_LINES.flush)
 
 
 def get_logger(name: str) -> Any:

@@ -19,6 +19,9 @@ def test_unreachable_upstream_answers_502_with_json_and_request_id() -> None:
             "request_id": "rid-502-test",
         }
         assert "Traceback" not in sidecar.log_text()
+        # The warning written while serving it carries the same request id.
+        warnings = [r for r in sidecar.log_records() if r.get("event") == "upstream error"]
+        assert [r.get("request_id") for r in warnings] == ["rid-502-test"]
 
 
 def test_slow_upstream_answers_504_with_json(upstream: Process) -> None:

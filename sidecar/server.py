@@ -15,6 +15,7 @@ import uvicorn
 
 from sidecar.app import create_app
 from sidecar.config import Settings
+from sidecar.memory import tune_malloc
 from sidecar.observability.logging import configure_logging
 from sidecar.server_protocol import sidecar_protocol
 
@@ -113,6 +114,7 @@ class Server(uvicorn.Server):
 
 def serve(settings: Settings) -> int:
     configure_logging(settings.log_level, settings.log_format)
+    tune_malloc()
     server = Server(uvicorn_config(settings))
     server.run()
     # 3, as uvicorn itself uses, when start-up (the lifespan) failed.

@@ -25,6 +25,7 @@ from typing import Any
 import structlog
 
 from sidecar.config import Settings
+from sidecar.memory import tune_malloc
 from sidecar.observability.logging import bind_process_context
 
 RESPAWN_PAUSE = 0.5  # seconds between a worker's death and its replacement
@@ -40,6 +41,7 @@ def serve_workers(settings: Settings) -> int:
     from sidecar.observability.logging import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
+    tune_malloc()  # inherited by every worker forked from here
     log = structlog.get_logger("sidecar")
     # A generated key is made here, once, before any worker could race to.
     load_keyset(settings)

@@ -146,3 +146,15 @@ def test_a_metrics_port_clash_exits_3_naming_the_listener_and_the_key(upstream: 
     assert f"127.0.0.1:{env['SIDECAR_METRICS_PORT']}" in result.stderr
     assert "SIDECAR_METRICS_PORT" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_log_line_orjson_refuses_is_still_written() -> None:
+    import json
+
+    import structlog
+
+    from sidecar.observability.logging import _dumps
+
+    render = structlog.processors.JSONRenderer(serializer=_dumps)
+    line = render(None, "warning", {"event": "odd values", "counts": {1: "x"}, "big": 2**70})
+    assert json.loads(line) == {"event": "odd values", "counts": {"1": "x"}, "big": 2**70}

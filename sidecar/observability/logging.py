@@ -6,6 +6,7 @@ process prints has one shape.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -92,8 +93,13 @@ def bind_process_context(**values: Any) -> None:
 
 def _dumps(value: Any, **options: Any) -> str:
     """structlog's serializer: orjson, with structlog's fallback for values
-    JSON has no form for (it passes ``default``)."""
-    return orjson.dumps(value, default=options.get("default")).decode()
+    JSON has no form for (it passes ``default``); what orjson refuses (keys
+    that are not strings, integers past 64 bits) goes through the standard
+    library instead, so a log line never fails."""
+    try:
+        return orjson.dumps(value, default=options.get("default")).decode()
+    except TypeError:
+        return json.dumps(value, default=options.get("default") or repr)
 
 
 _second: tuple[int, str] = (0, "")  # the last whole second, formatted

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime
 import email.utils
-import ipaddress
 import json
 import re
 import secrets
@@ -25,6 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
+from sidecar.oauth.clients import is_loopback
 from sidecar.urls import InvalidURL, canonical_url
 
 DOCTOR_ORIGIN = "https://doctor.invalid"  # a page on another origin, as a browser client is
@@ -71,13 +71,7 @@ class Report:
 
 
 def _is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(urlsplit(url).hostname)
 
 
 def _challenge_params(header: str) -> dict[str, str]:

@@ -34,6 +34,7 @@ from sidecar.oauth.pages import SCOPE_WORDS, Pages
 from sidecar.oauth.params import form_params
 from sidecar.observability.metrics import token_event
 from sidecar.proxy.upstream import UpstreamError
+from sidecar.session.bridge import SessionLookup
 from sidecar.store import Store, StoreUnavailable
 
 log = structlog.get_logger("sidecar.oauth")
@@ -58,15 +59,22 @@ class ConnectedApps:
     authz: AuthorizationEndpoint
     pages: Pages
 
-    async def page(self, request: Request) -> Response:
-        if (refused := await self.authz.limited(request)) is not None:
-            return refused
+    async def _who(self, request: Request) -> SessionLookup | Response:
+        """The app's answer about who is asking, or the page saying it could
+        not be asked."""
         try:
-            session = await self.authz.who(request)
+            return await self.authz.who(request)
         except UpstreamError:
             return self.pages.error(
                 "Sign-in is unavailable", "We could not reach the app to check who you are.", 502
             )
+
+    async def page(self, request: Request) -> Response:
+        if (refused := await self.authz.limited(request)) is not None:
+            return refused
+        session = await self._who(request)
+        if isinstance(session, Response):
+            return session
         if session.user is None:
             back = self.settings.public_url + ACCOUNT_PATH
             return self.authz.login_redirect_to(back, session.set_cookies)
@@ -126,12 +134,9 @@ class ConnectedApps:
             )
         except OAuthError as exc:
             return self.pages.error("Invalid request", exc.description, exc.status)
-        try:
-            session = await self.authz.who(request)
-        except UpstreamError:
-            return self.pages.error(
-                "Sign-in is unavailable", "We could not reach the app to check who you are.", 502
-            )
+        session = await self._who(request)
+        if isinstance(session, Response):
+            return session
         if session.user is None:
             return self.pages.error("Request refused", "You are not signed in.", 403)
         sub = session.user.sub

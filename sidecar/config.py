@@ -390,6 +390,7 @@ def _as_scope_list(key: str, value: Any) -> tuple[str, ...]:
 
 
 RESOURCE_OPTIONS = ("mode", "scopes", "scopes_supported")
+SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 
 
 def _as_resources(key: str, value: Any, public_url: str) -> tuple[Resource, ...]:
@@ -574,6 +575,11 @@ def _build(raw: Mapping[str, Any]) -> Settings:
     for resource in values.get("resources", ()):
         scopes += tuple(s for s in resource.advertised_scopes if s not in scopes)
     values["scopes"] = scopes
+    # RFC 6749 section 3.3: scope-token = 1*NQCHAR. A scope reaches the
+    # gateway's X-Sidecar-Scopes header, so nothing else may be in one.
+    for name in (*scopes, *values.get("default_scopes", ())):
+        if SCOPE_TOKEN.fullmatch(name) is None:
+            raise ConfigError("scopes", f"{name!r} is not a scope name (RFC 6749 section 3.3)")
     if "scope_includes" in raw:
         includes = _as_scope_includes("scope_includes", raw["scope_includes"])
         for scope, included in includes:

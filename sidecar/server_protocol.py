@@ -34,6 +34,34 @@ ON_DISCONNECT = "sidecar.on_disconnect"
 DisconnectCallback = Callable[[], None]
 
 
+class MalformedRequest(Exception):
+    """A request the sidecar refuses to pass on: a 400, then close."""
+
+
+def ambiguous_request(version: str, headers: list[tuple[bytes, bytes]]) -> str | None:
+    """Why a request head is refused, or None.
+
+    - A request line without an HTTP version (``GET /x``, HTTP/0.9) has no
+      header section by definition; llhttp parses headers after it anyway, and
+      forwarding it as HTTP/1.1 would make the upstream read what this server
+      did not.
+    - RFC 9112 section 3.2: a request with more than one Host, or an HTTP/1.1
+      request with none, is answered 400: the upstream and the sidecar could
+      each pick another Host.
+    """
+    if version == "0.9":
+        return "a request line without an HTTP version"
+    hosts = 0
+    for name, _ in headers:
+        if name == b"host":
+            hosts += 1
+    if hosts > 1:
+        return "more than one Host header"
+    if hosts == 0 and version == "1.1":
+        return "an HTTP/1.1 request without Host"
+    return None
+
+
 class SidecarProtocol(HttpToolsProtocol):
     header_timeout: float = 10.0
 
@@ -71,6 +99,12 @@ class SidecarProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_headers = False
         self._disarm()
+        refusal = ambiguous_request(self.parser.get_http_version(), self.headers)
+        if refusal is not None:
+            # Raised inside the parser's callback, this surfaces from
+            # feed_data as an HttpParserError: uvicorn answers 400 and closes
+            # the connection, and nothing reaches the app or the upstream.
+            raise MalformedRequest(refusal)
         super().on_headers_complete()
 
     def _arm(self) -> None:

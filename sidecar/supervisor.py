@@ -21,6 +21,7 @@ import socket
 import tempfile
 import time
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 import structlog
 
@@ -29,6 +30,18 @@ from sidecar.memory import tune_malloc
 from sidecar.observability.logging import bind_process_context
 
 RESPAWN_PAUSE = 0.5  # seconds between a worker's death and its replacement
+METRICS_POLL = 0.2  # seconds a wait for a scrape lasts before workers are reaped
+
+
+class WSGIServerV6(WSGIServer):
+    address_family = socket.AF_INET6
+
+
+class QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # scrapes are not requests worth a log line
+
+
 EXIT_STARTUP_FAILED = 3
 
 
@@ -64,10 +77,16 @@ class Supervisor:
         self.workers: dict[int, int] = {}  # pid -> worker number
         self.stopping = False
         self.log = structlog.get_logger("sidecar")
+        self.metrics: WSGIServer | None = None
 
     def run(self) -> int:
+        # No thread is started in this process, ever: a fork copies only the
+        # forking thread, so a lock another thread held (a logging handler's,
+        # the allocator's) would stay locked in every worker, including one
+        # forked later to replace a dead one. The metrics listener is served
+        # from this process's one thread, between reaping workers.
         try:
-            metrics = self.serve_metrics()
+            self.metrics = self.bind_metrics()
         except OSError as exc:
             from sidecar.observability.metrics import metrics_listener_error
 
@@ -87,7 +106,7 @@ class Supervisor:
         try:
             while self.workers:
                 try:
-                    pid, status = os.waitpid(-1, 0)
+                    pid, status = self.next_exit()
                 except ChildProcessError:
                     break
                 if pid not in self.workers:
@@ -107,10 +126,20 @@ class Supervisor:
                 time.sleep(RESPAWN_PAUSE)
                 self.spawn(number)
         finally:
-            if metrics is not None:
-                metrics.shutdown()
-                metrics.server_close()
+            if self.metrics is not None:
+                self.metrics.server_close()
         return code
+
+    def next_exit(self) -> tuple[int, int]:
+        """The next worker to exit (pid, wait status); scrapes are answered
+        while waiting for it."""
+        if self.metrics is None:
+            return os.waitpid(-1, 0)
+        while True:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid:
+                return pid, status
+            self.metrics.handle_request()  # waits at most METRICS_POLL seconds
 
     def spawn(self, number: int) -> None:
         pid = os.fork()
@@ -125,6 +154,8 @@ class Supervisor:
     def worker(self, number: int) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if self.metrics is not None:
+            self.metrics.socket.close()  # the supervisor's listener, not ours
         from sidecar.server import Server, uvicorn_config
 
         # The supervisor serves the one metrics listener for all of them.
@@ -144,16 +175,19 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
-    def serve_metrics(self) -> Any:
+    def bind_metrics(self) -> WSGIServer | None:
         if not self.settings.metrics_port:
             return None
-        from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+        from prometheus_client import CollectorRegistry, make_wsgi_app, multiprocess
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=self.metrics_dir)  # type: ignore[no-untyped-call]
-        server, _thread = start_http_server(
-            self.settings.metrics_port, addr=self.settings.metrics_host, registry=registry
+        server_class = WSGIServerV6 if ":" in self.settings.metrics_host else WSGIServer
+        server = server_class(
+            (self.settings.metrics_host, self.settings.metrics_port), QuietHandler
         )
+        server.set_app(make_wsgi_app(registry))
+        server.timeout = METRICS_POLL
         return server
 
     def forget_metrics(self, pid: int) -> None:

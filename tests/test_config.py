@@ -89,6 +89,11 @@ def test_trusted_proxies_are_parsed_as_networks() -> None:
         ({"SIDECAR_PRESERVE_HOST": "maybe"}, "preserve_host"),
         ({"SIDECAR_LOG_LEVEL": "loud"}, "log_level"),
         ({"SIDECAR_UPSTREAM_RESPONSE_TIMEOUT": "nan"}, "upstream_response_timeout"),
+        # A scope reaches the X-Sidecar-Scopes header: RFC 6749 NQCHAR only.
+        ({"SIDECAR_SCOPES": 'openid mcp"tools'}, "scopes"),
+        ({"SIDECAR_SCOPES": "openid mcp\\tools"}, "scopes"),
+        ({"SIDECAR_SCOPES": "openid caf\u00e9"}, "scopes"),
+        ({"SIDECAR_SCOPES": "openid mcp\x7f"}, "scopes"),
     ],
 )
 def test_bad_values_name_the_key(env: dict[str, str], key: str) -> None:

@@ -37,6 +37,12 @@ NS = "cimd"
 MAX_BYTES = 16 * 1024
 TIMEOUT = 5.0
 DEFAULT_TTL, MIN_TTL, MAX_TTL = 300, 0, 86400
+# RFC 3986 section 2: the characters a URI may hold, percent-encodings
+# well-formed. Anything else (CR, LF, NUL, TAB, space, non-ASCII) is refused
+# before the URL is parsed: urlsplit silently drops CR, LF and TAB, so a
+# client_id checked after parsing could still carry them into a token claim
+# and from there into a header line.
+URI_TEXT = re.compile(r"(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})+")
 
 
 class MetadataDocumentError(Exception):
@@ -77,6 +83,8 @@ class GuardedResolver(AbstractResolver):
 
 
 def looks_like_metadata_url(client_id: str) -> bool:
+    if URI_TEXT.fullmatch(client_id) is None:
+        return False
     parts = urlsplit(client_id)
     return (
         parts.scheme in ("https", "http") and bool(parts.hostname) and parts.path not in ("", "/")
@@ -115,6 +123,10 @@ class MetadataDocuments:
             self._session = None
 
     def check_url(self, url: str) -> None:
+        if URI_TEXT.fullmatch(url) is None:
+            raise MetadataDocumentError(
+                "client_id URL may hold only RFC 3986 characters (no controls, spaces or non-ASCII)"
+            )
         parts = urlsplit(url)
         host = (parts.hostname or "").lower()
         if parts.username or parts.password or "@" in parts.netloc or "#" in url:

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import ipaddress
+import re
 import secrets
 import time
 from collections.abc import Mapping
@@ -28,6 +29,19 @@ LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 FORBIDDEN_SCHEMES = ("javascript", "data", "vbscript", "file", "about", "blob")
 MAX_REDIRECT_URIS = 20
 NS = "clients"
+MAX_CLIENT_ID = 2000
+# RFC 6749 appendix A.1 allows VSCHAR (%x20-7E) in a client_id; the space is
+# refused too, since a client_id travels in headers (the gateway's
+# X-Sidecar-Client-Id) and log lines: no control character, space or
+# non-ASCII octet may reach a header line.
+CLIENT_ID = re.compile(rf"[\x21-\x7e]{{1,{MAX_CLIENT_ID}}}")
+# A client_name is shown on pages (escaped) and written to logs: one line of
+# printable text, no control characters (C0, DEL, C1).
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def is_valid_client_id(client_id: str) -> bool:
+    return CLIENT_ID.fullmatch(client_id) is not None
 
 
 @dataclass
@@ -202,12 +216,16 @@ def client_from_metadata(
     name = metadata.get("client_name")
     if name is not None and (not isinstance(name, str) or len(name) > 200):
         raise InvalidClientMetadata("client_name must be a string of at most 200 characters")
+    if name is not None and CONTROL.search(name):
+        raise InvalidClientMetadata("client_name must not contain control characters")
     client_uri = metadata.get("client_uri")
     if client_uri is not None and (
         not isinstance(client_uri, str) or urlsplit(client_uri).scheme not in ("https", "http")
     ):
         raise InvalidClientMetadata("client_uri must be an http(s) URL")
 
+    if client_id is not None and not is_valid_client_id(client_id):
+        raise InvalidClientMetadata("client_id must be visible ASCII without spaces")
     secret = None if method == "none" else secrets.token_urlsafe(32)
     client = Client(
         client_id=client_id or secrets.token_urlsafe(18),
@@ -236,8 +254,8 @@ class ClientRegistry:
         self.documents = documents
 
     async def get(self, client_id: str) -> Client | None:
-        if not client_id or len(client_id) > 2000:
-            return None
+        if not is_valid_client_id(client_id):
+            return None  # never looked up, fetched or stored
         record = await self.store.get(NS, client_id)
         if record:
             return Client(**record)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from email.utils import formatdate
 from typing import Any
 
 import structlog
@@ -19,6 +20,18 @@ from sidecar.observability.context import CURRENT_REQUEST_ID, RequestContext, re
 from sidecar.observability.metrics import REQUEST_SECONDS, REQUESTS
 
 log = structlog.get_logger("sidecar.access")
+
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def http_date() -> bytes:
+    """The current time as an IMF-fixdate (RFC 9110 section 5.6.7), made
+    once a second."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True).encode("ascii"))
+    return _date_cache[1]
 
 
 class AccessMiddleware:
@@ -57,7 +70,13 @@ class AccessMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), request_id_header]
+                headers = [*message.get("headers", ()), request_id_header]
+                if not any(name == b"date" for name, _ in headers):
+                    # RFC 9110 section 6.6.1: an origin server with a clock
+                    # sends Date, and a proxy adds it to an answer that has
+                    # none (clients check clock skew against it).
+                    headers.append((b"date", http_date()))
+                message["headers"] = headers
             elif message["type"] == "websocket.accept":
                 status = 101
             elif message["type"] == "websocket.close" and status == 0:

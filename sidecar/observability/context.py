@@ -14,7 +14,7 @@ from typing import Any
 
 # An inbound X-Request-Id is kept only when it is short and plain, so it can
 # never smuggle anything into a log line or an upstream header.
-_SAFE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{8,128}$")
+_SAFE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{8,128}")
 
 
 @dataclass
@@ -38,7 +38,7 @@ def new_request_id() -> str:
 def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
     for name, value in headers:
         if name == b"x-request-id":
-            if _SAFE_REQUEST_ID.match(value):
+            if _SAFE_REQUEST_ID.fullmatch(value):
                 return value.decode("ascii")
             break
     return new_request_id()

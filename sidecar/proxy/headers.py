@@ -46,6 +46,17 @@ FORWARDED = frozenset(
 HANDLED = frozenset({b"host", b"expect", b"x-request-id"})
 
 
+WS_SCHEMES = {"ws": "http", "wss": "https"}
+
+
+def _spelled_as(name: bytes) -> bytes:
+    """A header name as CGI and WSGI servers read it: they fold ``_`` into
+    ``-`` (``X_Sidecar_User_Id`` becomes ``HTTP_X_SIDECAR_USER_ID``, the same
+    key as ``X-Sidecar-User-Id``), so an identity header is dropped whatever
+    its spelling. Names arrive lowercased."""
+    return name.replace(b"_", b"-") if b"_" in name else name
+
+
 def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
     """Field names listed in Connection (RFC 9110 section 7.6.1), lowercased."""
     tokens: set[bytes] = set()
@@ -105,7 +116,7 @@ def upstream_request_headers(
             if name == b"connection":
                 connection.append((name, value))
             continue
-        if drop_prefixes and name.startswith(drop_prefixes):
+        if drop_prefixes and _spelled_as(name).startswith(drop_prefixes):
             continue
         out.append((name.decode("latin-1"), value.decode("latin-1")))
     # Fields the client named in Connection are for this hop only (RFC 9110
@@ -119,7 +130,9 @@ def upstream_request_headers(
         chain.append(peer)
     if chain:
         out.append(("x-forwarded-for", ", ".join(chain)))
-    out.append(("x-forwarded-proto", proto or scheme))
+    # A WebSocket upgrade's scope says ws/wss; the header names the HTTP
+    # scheme the request came over (what apps compare with "https").
+    out.append(("x-forwarded-proto", proto or WS_SCHEMES.get(scheme, scheme)))
     forwarded_host = forwarded_host or inbound_host.decode("latin-1")
     if forwarded_host:
         out.append(("x-forwarded-host", forwarded_host))

@@ -13,19 +13,31 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import jwt
+import structlog
 
 from sidecar.config import Settings
 from sidecar.keys import KeySet
 from sidecar.proxy.headers import drop_cookie_domain
 from sidecar.proxy.upstream import UpstreamClient, UpstreamUnavailable
 
+log = structlog.get_logger("sidecar.session")
+
 SESSION_AUDIENCE = "convex"
 CLOCK_SKEW = 5  # seconds, as Convex allows
+# The user id becomes the gateway's X-Sidecar-User-Id header and a token's
+# `sub`: visible ASCII only (Better Auth's ids are), so no control character
+# or non-ASCII octet from the app can reach a header line.
+USER_ID = re.compile(r"[\x21-\x7e]{1,256}")
+
+
+def user_id_is_safe(sub: str) -> bool:
+    return USER_ID.fullmatch(sub) is not None
 
 
 @dataclass(frozen=True)
@@ -89,6 +101,9 @@ class SessionBridge:
             return None
         # An OAuth access token of ours is never a session (DESIGN.md).
         if header.get("typ") == "at+jwt":
+            return None
+        if not user_id_is_safe(str(claims["sub"])):
+            log.warning("session refused: its user id is not visible ASCII")
             return None
         return User(
             sub=str(claims["sub"]),
@@ -157,6 +172,9 @@ class SessionBridge:
         user = body["user"]
         session = body.get("session")
         session = session if isinstance(session, dict) else {}
+        if not user_id_is_safe(str(user["id"])):
+            log.warning("session refused: its user id is not visible ASCII")
+            return None
         return User(
             sub=str(user["id"]),
             email=user.get("email"),

@@ -211,3 +211,34 @@ def test_a_document_with_a_remote_redirect_is_not_flagged_as_localhost_only(
     assert page.status_code == 200, page.text
     assert "Described by a document published at <strong>localhost</strong>" in page.text
     assert "on this computer (localhost)" not in page.text
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/a\r\nX-Sidecar-User-Id: victim\r\n/client.json",  # a header line smuggled
+        "/a\nb/client.json",
+        "/a\rb/client.json",
+        "/a\x00b/client.json",
+        "/a\tb/client.json",  # urlsplit drops TAB, CR and LF silently
+        "/a b/client.json",
+        "/caf\u00e9/client.json",  # non-ASCII
+        "/a\x7fb/client.json",
+        "/a%zzb/client.json",  # a broken percent-encoding
+    ],
+)
+def test_a_document_url_with_control_characters_spaces_or_non_ascii_is_never_fetched(
+    oauth_stack: Stack, browser: Browser, documents: DocumentServer, path: str
+) -> None:
+    # The document at that URL would name itself: the attack needs nothing
+    # more than a public https URL the attacker controls.
+    client = OAuthClient(oauth_stack.sidecar.url, client_id=documents.url(path))
+    r = browser.get(client.authorize_url())
+    assert r.status_code == 400
+    assert "location" not in r.headers
+    assert sum(documents.fetches.values()) == 0
+    token = client.token(grant_type="authorization_code", code="x", code_verifier="y" * 43)
+    # A NUL is refused with every other parameter before any client lookup.
+    expected = (400, "invalid_request") if "\x00" in path else (401, "invalid_client")
+    assert (token.status_code, token.json()["error"]) == expected
+    assert sum(documents.fetches.values()) == 0

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sidecar.oauth.clients import client_from_metadata, redirect_uri_matches
+from sidecar.oauth.clients import client_from_metadata, is_valid_client_id, redirect_uri_matches
 from sidecar.oauth.errors import InvalidClientMetadata, InvalidRedirectUri
 from tests.support.processes import Process, running, start_sidecar
 
@@ -82,6 +82,9 @@ def test_what_real_clients_register_is_accepted(uri: str) -> None:
         {"scope": "admin"},
         {"application_type": "tv"},
         {"client_name": 5},
+        {"client_name": "Evil\r\nX-Sidecar-User-Id: admin"},
+        {"client_name": "Evil\x00"},
+        {"client_name": "Evil\x1b[2J"},  # a terminal escape for whoever reads the log
     ],
 )
 def test_unsupported_metadata_is_refused(metadata: dict) -> None:
@@ -162,3 +165,20 @@ def test_the_clients_command_adds_lists_and_removes(tmp_path: Path) -> None:
     assert cli("add", "--name", "x", "--redirect-uri", "http://evil.test/").returncode == 1
     assert cli("remove", client_id).returncode == 0
     assert client_id not in cli("list").stdout
+
+
+@pytest.mark.parametrize(
+    "client_id",
+    ["a\r\nb", "a\nb", "a\x00b", "a b", "a\tb", "caf\u00e9", "a\x7f", "", "x" * 2001],
+)
+def test_a_client_id_with_control_characters_spaces_or_non_ascii_is_unknown(
+    client_id: str,
+) -> None:
+    assert not is_valid_client_id(client_id)
+    with pytest.raises(InvalidClientMetadata):
+        client_from_metadata({"redirect_uris": ["https://app.example/cb"]}, (), client_id=client_id)
+
+
+def test_ordinary_and_metadata_url_client_ids_are_valid() -> None:
+    for client_id in ("Qx3v_-abc", "https://claude.ai/oauth/mcp-oauth-client-metadata", "x" * 2000):
+        assert is_valid_client_id(client_id)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import email.utils
 import gzip
+import json
+import secrets
 import socket
+import time
 
 import httpx
 import pytest
@@ -61,7 +65,6 @@ def test_paths_and_query_strings_arrive_byte_for_byte(sidecar: Process, target: 
     )
     body = raw.split(b"\r\n\r\n", 1)[1]
     # The body may be chunked; the JSON is in one chunk.
-    import json
 
     start = body.index(b"{")
     seen = json.loads(body[start : body.rindex(b"}") + 1])
@@ -191,7 +194,6 @@ def test_headers_the_client_did_not_send_are_not_added(sidecar: Process) -> None
         sidecar.port, b"GET /echo HTTP/1.1\r\nHost: x.test\r\nConnection: close\r\n\r\n"
     )
     body = raw.split(b"\r\n\r\n", 1)[1]
-    import json
 
     seen = json.loads(body[body.index(b"{") : body.rindex(b"}") + 1])
     names = {name for name, _ in seen["headers"]}
@@ -202,3 +204,65 @@ def test_headers_the_client_did_not_send_are_not_added(sidecar: Process) -> None
         "x-forwarded-host",
         "x-request-id",
     }
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "X-Sidecar-User-Id",
+        "x-sidecar-user-id",
+        "X_Sidecar_User_Id",  # CGI and WSGI fold "_" into "-": the same key
+        "x_sidecar_user_id",
+        "X-Sidecar_User-Id",
+        "X_SIDECAR_SCOPES",
+    ],
+)
+def test_identity_headers_are_dropped_whatever_their_spelling(sidecar: Process, name: str) -> None:
+    head = f"GET /echo HTTP/1.1\r\nHost: x.test\r\n{name}: admin\r\nConnection: close\r\n\r\n"
+    raw = raw_request(sidecar.port, head.encode())
+    body = raw.split(b"\r\n\r\n", 1)[1]
+    seen = json.loads(body[body.index(b"{") : body.rindex(b"}") + 1])
+    forwarded = [k for k, _ in seen["headers"] if k.replace("_", "-").startswith("x-sidecar-")]
+    assert forwarded == []
+
+
+def test_a_websocket_upgrade_reaches_the_app_with_an_http_forwarded_proto(sidecar: Process) -> None:
+    from websockets.sync.client import connect
+
+    with connect(sidecar.url.replace("http://", "ws://") + "/ws-headers") as ws:
+        seen = json.loads(ws.recv(timeout=5))
+    assert seen["x-forwarded-proto"] == "http"
+
+
+def test_the_sidecars_own_and_proxied_answers_carry_a_date(sidecar: Process) -> None:
+    for path in ("/oauth/healthz", "/.well-known/oauth-authorization-server/oauth", "/echo"):
+        response = httpx.get(sidecar.url + path)
+        assert len(response.headers.get_list("date")) == 1, path
+        sent = email.utils.parsedate_to_datetime(response.headers["date"])
+        assert abs(sent.timestamp() - time.time()) < 5
+
+
+@pytest.mark.parametrize(
+    ("request_head", "why"),
+    [
+        ("GET {path} HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n", "two Host"),
+        ("GET {path} HTTP/1.1\r\nHost: a.test\r\nhost: a.test\r\n\r\n", "Host twice"),
+        ("GET {path} HTTP/1.1\r\nUser-Agent: x\r\n\r\n", "HTTP/1.1 without Host"),
+        ("GET {path}\r\nHost: a.test\r\n\r\n", "no HTTP version"),
+        ("GET {path}\r\n\r\n", "a bare HTTP/0.9 line"),
+    ],
+)
+def test_ambiguous_request_heads_get_400_and_never_reach_the_app(
+    sidecar: Process, request_head: str, why: str
+) -> None:
+    path = f"/echo/ambiguous-{secrets.token_hex(6)}"
+    with socket.create_connection(("127.0.0.1", sidecar.port), timeout=5) as s:
+        s.sendall(request_head.format(path=path).encode())
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 "), (why, answer[:200])
+    # Answered by the server before the app ran: no access line, no upstream call.
+    httpx.get(sidecar.url + "/echo/after")  # flushes the access lines before
+    time.sleep(0.2)
+    assert path not in sidecar.log_text(), why

@@ -176,3 +176,13 @@ def test_workers_default_to_one_and_auto_counts_usable_cpus() -> None:
     assert load_settings(env={}).workers == 1
     auto = load_settings(env={"SIDECAR_WORKERS": "auto"}).workers
     assert 1 <= auto <= len(os.sched_getaffinity(0))
+
+
+def test_the_supervisor_never_starts_a_thread_so_every_fork_is_clean(two_workers: Process) -> None:
+    # A fork copies only the forking thread: a lock another thread held at
+    # that moment (a logging handler's, the metrics listener's) would stay
+    # locked forever in the worker, including one forked to replace a dead one.
+    assert metrics_of(two_workers)  # the metrics listener answers
+    status = Path(f"/proc/{two_workers.popen.pid}/status").read_text()
+    threads = next(line for line in status.splitlines() if line.startswith("Threads:"))
+    assert threads.split()[1] == "1"

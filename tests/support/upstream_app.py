@@ -258,6 +258,10 @@ async def websocket(scope: Scope, receive: Any, send: Any) -> None:
     chosen = "mcp.v1" if "mcp.v1" in offered else None
     await send({"type": "websocket.accept", "subprotocol": chosen})
     headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+    if scope["path"] == "/ws-headers":
+        await send({"type": "websocket.send", "text": json.dumps(headers)})
+        await send({"type": "websocket.close", "code": 1000})
+        return
     await send({"type": "websocket.send", "text": json.dumps({"hello": headers.get("cookie")})})
     while True:
         message = await receive()

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from sidecar.config import Settings
-from sidecar.oauth.authorize import AuthorizationEndpoint
+from sidecar.oauth.authorize import AuthorizationEndpoint, from_own_origin
 from sidecar.oauth.clients import ClientRegistry
 from sidecar.oauth.errors import OAuthError
 from sidecar.oauth.grants import Grants
@@ -125,8 +125,7 @@ class ConnectedApps:
     async def revoke(self, request: Request) -> Response:
         if (refused := await self.authz.limited(request)) is not None:
             return refused
-        origin = request.headers.get("origin")
-        if origin is not None and origin.lower() != self.settings.public_url:
+        if not from_own_origin(request, self.settings.public_url):
             return self.pages.error("Request refused", "The form came from another site.", 403)
         try:
             form = await form_params(
@@ -144,7 +143,9 @@ class ConnectedApps:
             token = form.get("csrf", "")
             shown = await self.store.get(ACCOUNT_CSRF, token) if token else None
             # CSRF: the token must be one shown to this very person.
-            if shown is None or not hmac.compare_digest(str(shown.get("sub")), sub):
+            if shown is None or not hmac.compare_digest(
+                str(shown.get("sub")).encode(), sub.encode()
+            ):
                 return self.pages.error("Request refused", "The form could not be verified.", 403)
             client_id = form.get("client_id", "")
             ended = [g for g in await self.grants.grants_of(sub) if g["client_id"] == client_id]

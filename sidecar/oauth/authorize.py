@@ -47,6 +47,24 @@ log = structlog.get_logger("sidecar.oauth")
 PENDING = "pending"
 CONFIRMED_SESSIONS = 10_000  # Better Auth session ids kept as lately confirmed
 MAX_STATE = 2048
+# Sec-Fetch-Site values of a request a cross-site page cannot make: from the
+# sidecar's own pages, or the person's own doing (typed, bookmarked).
+OWN_FETCH_SITES = ("same-origin", "none")
+
+
+def from_own_origin(request: Request, public_url: str) -> bool:
+    """Whether a form post came from the sidecar's own pages (RFC 9700
+    section 4.7; RFC 6749 section 10.12). ``Origin`` decides when present,
+    and ``null`` (a sandboxed frame, a page that sends no referrer) is some
+    other origin; a sibling host on the same site is another origin too.
+    Without ``Origin``, Fetch Metadata's ``Sec-Fetch-Site`` does. With
+    neither it is no browser's cross-site form, and the CSRF token, bound to
+    the person, still has to match."""
+    origin = request.headers.get("origin")
+    if origin is not None:
+        return origin.lower() == public_url
+    site = request.headers.get("sec-fetch-site")
+    return site is None or site.lower() in OWN_FETCH_SITES
 
 
 @dataclass
@@ -154,10 +172,11 @@ class AuthorizationEndpoint:
         except OAuthError as exc:
             return await self.refuse(request, pending, client, exc)
         request_id = secrets.token_urlsafe(32)
+        # No CSRF token yet: one is minted when the request is bound to the
+        # person who sees its consent page (resume()).
         pending.update(
             request_id=request_id,
             client_id=client.client_id,
-            csrf=secrets.token_urlsafe(32),
             login_prompted=False,
             created=int(time.time()),
         )
@@ -407,8 +426,15 @@ class AuthorizationEndpoint:
                     ConsentRequired("consent is needed"),
                     session.set_cookies,
                 )
-            pending["sub"] = user.sub
-            await self.save(pending)
+            if pending.get("sub") != user.sub or not pending.get("csrf"):
+                # The resume link may be opened by anyone it is sent to, and
+                # binds the request to them: with a CSRF token of their own,
+                # so a token shown to anybody else (the person who sent the
+                # link) no longer verifies (RFC 9700 section 4.7). The same
+                # person reloading keeps theirs, so a second tab still works.
+                pending["sub"] = user.sub
+                pending["csrf"] = secrets.token_urlsafe(32)
+                await self.save(pending)
         except StoreUnavailable:
             return self.pages.error(
                 "Temporarily unavailable",
@@ -448,6 +474,10 @@ class AuthorizationEndpoint:
             "consent.html",
             cookies=cookies,
             form_action=[form_action_source(pending["redirect_uri"])],
+            # With no-referrer a browser posts the form with ``Origin: null``,
+            # which consent() refuses; the 303 to the client still carries
+            # no-referrer (redirect_to_client), so the client never sees it.
+            referrer_policy="same-origin",
             client_name=client.client_name or client.client_id,
             client_uri=client.client_uri,
             # CIMD: the document's host is what vouches for the name, so the
@@ -519,6 +549,9 @@ class AuthorizationEndpoint:
     async def consent(self, request: Request) -> Response:
         if (refused := await self.limited(request)) is not None:
             return refused
+        if not from_own_origin(request, self.settings.public_url):
+            # Never redirected to the client: the post is not the person's.
+            return self.pages.error("Request refused", "The form came from another site.", 403)
         try:
             form = await form_params(
                 request, self.settings.max_body_bytes, self.settings.body_timeout
@@ -534,15 +567,16 @@ class AuthorizationEndpoint:
                 "Sign-in is unavailable for a moment; try again shortly.",
                 503,
             )
-        if pending is None or "sub" not in pending:
+        if pending is None or "sub" not in pending or not pending.get("csrf"):
             return self.pages.error(
                 "This sign-in request has expired",
                 "Go back to the application and connect again.",
                 400,
             )
-        # CSRF: the token is bound to this pending request, and the signed-in
-        # user must be the one the page was shown to.
-        if not hmac.compare_digest(form.get("csrf", ""), pending["csrf"]):
+        # CSRF (RFC 9700 section 4.7): the token is the one shown to the
+        # person this pending request is bound to, and that person is the
+        # one signed in now.
+        if not hmac.compare_digest(form.get("csrf", "").encode(), str(pending["csrf"]).encode()):
             return self.pages.error("Request refused", "The form could not be verified.", 403)
         try:
             session = await self.live_session(request)
@@ -561,10 +595,14 @@ class AuthorizationEndpoint:
             return self.pages.error("Invalid request", "Choose Allow or Deny.", 400)
         try:
             # Single use: a replayed or double-clicked form finds nothing.
-            if await self.store.take(PENDING, request_id) is None:
+            taken = await self.store.take(PENDING, request_id)
+            if taken is None:
                 return self.pages.error(
                     "Request already handled", "This sign-in request was already completed.", 400
                 )
+            if taken.get("sub") != session.user.sub or taken.get("csrf") != pending["csrf"]:
+                # Rebound to someone else between the read and the take.
+                return self.pages.error("Request refused", "The form could not be verified.", 403)
             # RFC 9700 section 4.12: 303 after a form POST.
             if decision == "deny":
                 from sidecar.oauth.errors import AccessDenied

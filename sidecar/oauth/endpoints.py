@@ -39,7 +39,7 @@ from sidecar.oauth.errors import (
     UnsupportedGrantType,
     error_response,
 )
-from sidecar.oauth.grants import Grants, IssuedTokens, user_claims
+from sidecar.oauth.grants import REFRESH, Grants, IssuedTokens, digest, user_claims
 from sidecar.oauth.params import form_params, read_body
 from sidecar.oauth.ratelimit import RateLimiter, client_ip
 from sidecar.observability.metrics import token_event
@@ -288,22 +288,43 @@ class OAuthEndpoints:
 
     async def revoke(self, request: Request) -> Response:
         form = await self.form(request)
-        await authenticate_client(self.clients, form, request.headers.get("authorization"))
+        client = await authenticate_client(self.clients, form, request.headers.get("authorization"))
         token = form.get("token")
         if not token:
             raise InvalidRequest("token is required")
         hint = form.get("token_type_hint")
         if hint != "access_token" and "." in token and token.count(".") == 1:
-            await self.grants.revoke_refresh(token)
+            revoked = await self.revoke_refresh_of(client, token)
         else:
             try:
                 claims = self.grants.decode_access_token(token)
-                await self.grants.revoke_access_token(claims)
             except InvalidToken:
-                await self.grants.revoke_refresh(token)
-        token_event("revoked")
-        # RFC 7009 section 2.2: 200 whether or not the token was known.
+                revoked = await self.revoke_refresh_of(client, token)
+            else:
+                # RFC 7009 section 2.1: only a token issued to the client
+                # asking; another client's is left alone.
+                revoked = claims.get("client_id") == client.client_id
+                if revoked:
+                    await self.grants.revoke_access_token(claims)
+        if revoked:
+            token_event("revoked")
+        else:
+            log.info(
+                "revocation changed nothing (unknown, or not this client's)",
+                client_id=client.client_id,
+            )
+        # RFC 7009 section 2.2: 200 whether or not the token was known or
+        # the caller's, so the answer says nothing about another's token.
         return Response(status_code=200, headers=NO_STORE)
+
+    async def revoke_refresh_of(self, client: Client, token: str) -> bool:
+        """Ends the grant of a refresh token issued to ``client`` (RFC 7009
+        section 2.1); an unknown token or another client's: nothing."""
+        _grant_id, sep, _ = token.partition(".")
+        record = await self.store.get(REFRESH, digest(token)) if sep else None
+        if record is None or record.get("client_id") != client.client_id:
+            return False
+        return await self.grants.revoke_refresh(token)
 
     # -- POST /oauth/introspect (RFC 7662) --------------------------------------
 

@@ -7,13 +7,14 @@ import hashlib
 import hmac
 import re
 
-# RFC 7636 section 4.1: 43 to 128 unreserved characters.
-_VERIFIER = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
-_CHALLENGE = re.compile(r"^[A-Za-z0-9\-_]{43}$")  # base64url of a SHA-256, no padding
+# RFC 7636 section 4.1: 43 to 128 unreserved characters, and nothing else:
+# matched with fullmatch, since ``$`` also matches before a final newline.
+_VERIFIER = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
+_CHALLENGE = re.compile(r"[A-Za-z0-9\-_]{43}")  # base64url of a SHA-256, no padding
 
 
 def valid_challenge(challenge: str) -> bool:
-    return bool(_CHALLENGE.match(challenge))
+    return _CHALLENGE.fullmatch(challenge) is not None
 
 
 def s256(verifier: str) -> str:
@@ -22,6 +23,6 @@ def s256(verifier: str) -> str:
 
 
 def verify(verifier: str, challenge: str) -> bool:
-    if not _VERIFIER.match(verifier):
+    if _VERIFIER.fullmatch(verifier) is None:
         return False
     return hmac.compare_digest(s256(verifier), challenge)

@@ -9,7 +9,7 @@ import pytest
 
 from tests.e2e.conftest import Stack
 from tests.support import fixtures
-from tests.support.oauth import REDIRECT, Browser, OAuthClient, query_of
+from tests.support.oauth import REDIRECT, Browser, OAuthClient, pkce_pair, query_of
 
 
 def public_key(kid: str):  # type: ignore[no-untyped-def]
@@ -70,7 +70,9 @@ def test_code_flow_issues_rfc9068_tokens_for_the_consented_resource(
     for header, value in {
         "x-frame-options": "DENY",
         "cache-control": "no-store",
-        "referrer-policy": "no-referrer",
+        # Not no-referrer: with it Chromium posts the form with Origin: null,
+        # which the consent endpoint refuses; cross-origin still gets none.
+        "referrer-policy": "same-origin",
     }.items():
         assert page.headers[header] == value
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
@@ -149,6 +151,38 @@ def test_a_wrong_code_verifier_is_refused(browser: Browser, client: OAuthClient)
     r = client.exchange(code)
     assert r.status_code == 400
     assert r.json()["error"] == "invalid_grant"
+
+
+def test_a_code_verifier_with_a_trailing_newline_is_refused(
+    browser: Browser, client: OAuthClient
+) -> None:
+    """RFC 7636 section 4.1: the verifier is 43 to 128 unreserved characters
+    and nothing else, even when the challenge was made from the same bytes."""
+    import base64
+    import hashlib
+
+    verifier = "v" * 43 + "\n"
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+    page = browser.get(
+        client.authorize_url(code_challenge=challenge.rstrip(b"=").decode(), scope="openid")
+    )
+    done = browser.consent(page)
+    client.verifier = verifier
+    r = client.exchange(query_of(done.headers["location"])["code"])
+    assert r.status_code == 400
+    assert r.json()["error"] == "invalid_grant"
+
+
+def test_a_code_challenge_with_a_trailing_newline_is_refused(
+    browser: Browser, client: OAuthClient
+) -> None:
+    """RFC 7636 section 4.2: the S256 challenge is exactly 43 base64url characters."""
+    _, challenge = pkce_pair()
+    r = browser.get(client.authorize_url(code_challenge=challenge + "\n"))
+    assert r.status_code == 302
+    back = query_of(r.headers["location"])
+    assert back["error"] == "invalid_request"
+    assert "code_challenge" in back["error_description"]
 
 
 def test_a_missing_code_verifier_is_refused(browser: Browser, client: OAuthClient) -> None:
@@ -333,6 +367,30 @@ def test_revocation_denies_an_access_token_until_it_expires(
         data={"client_id": client.client_id, "token": tokens["refresh_token"]},
     )
     assert client.refresh(tokens["refresh_token"]).json()["error"] == "invalid_grant"
+
+
+@pytest.mark.parametrize("kind", ["access_token", "refresh_token"])
+def test_revoking_another_clients_token_leaves_it_working(
+    oauth_stack: Stack, browser: Browser, client: OAuthClient, kind: str
+) -> None:
+    """RFC 7009 section 2.1: the server checks the token was issued to the
+    client asking; another client's token is left alone, and the answer is
+    still 200 (section 2.2), so it tells the caller nothing."""
+    tokens = client.exchange(client.login(browser)["code"]).json()
+    base = oauth_stack.sidecar.url
+    other = OAuthClient(base)
+    other.register(client_name="Someone else")
+    for hint in ({}, {"token_type_hint": kind}):
+        r = httpx.post(
+            base + "/oauth/revoke",
+            data={"client_id": other.client_id, "token": tokens[kind], **hint},
+        )
+        assert r.status_code == 200
+    auth = {"Authorization": f"Bearer {tokens['access_token']}"}
+    assert httpx.get(base + "/oauth/userinfo", headers=auth).status_code == 200
+    refreshed = client.refresh(tokens["refresh_token"])
+    assert refreshed.status_code == 200, refreshed.text
+    assert "access_token" in refreshed.json()
 
 
 def test_introspection_needs_an_authenticated_caller(oauth_stack: Stack, browser: Browser) -> None:

@@ -13,6 +13,8 @@
 //   TLS_CERT, TLS_KEY  serve https with these PEM files (Better Auth hosted on
 //                    its own https origin, as on <deployment>.convex.site)
 //   COOKIE_DOMAIN    scope Better Auth's cookies to this domain
+//   COOKIE_SAMESITE  Better Auth's SameSite for its cookies (default lax); "none"
+//                    also sets Secure, as browsers require (crossDomain-style apps)
 //   CROSS_DOMAIN_SITE_URL  add the crossDomain plugin for this site
 //   CONVEX_PROVIDER_FILE  the customJwt provider entry `sidecar convex-auth-config
 //                    --json` printed; the app checks Convex tokens with it exactly
@@ -56,9 +58,19 @@ const auth = betterAuth({
   trustedOrigins,
   plugins,
   logger: { level: "error" },
-  advanced: process.env.COOKIE_DOMAIN
-    ? { crossSubDomainCookies: { enabled: true, domain: process.env.COOKIE_DOMAIN } }
-    : {},
+  advanced: {
+    ...(process.env.COOKIE_DOMAIN
+      ? { crossSubDomainCookies: { enabled: true, domain: process.env.COOKIE_DOMAIN } }
+      : {}),
+    ...(process.env.COOKIE_SAMESITE
+      ? {
+          defaultCookieAttributes: {
+            sameSite: process.env.COOKIE_SAMESITE,
+            ...(process.env.COOKIE_SAMESITE === "none" ? { secure: true } : {}),
+          },
+        }
+      : {}),
+  },
 });
 // Outside Convex, convex() drops every write unless the adapter says it runs
 // in a mutation context (REFERENCES.md).

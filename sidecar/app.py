@@ -119,11 +119,18 @@ def check_served_as_configured(settings: Settings, routes: RouteTable, gateway: 
         if resource.mode != "enforce":
             continue
         for path in (resource.path, resource.path.rstrip("/") + "/x"):
-            if routes.owns(path) or gateway.match(path) is not resource:
+            if routes.owns(path):
                 raise ConfigError(
                     "resources",
                     f"{resource.url} would be served unguarded: its path {resource.path} "
                     "belongs to the sidecar's own routes",
+                )
+            if gateway.match(path) is not resource:
+                raise ConfigError(
+                    "resources",
+                    f"{resource.url} would be served unguarded: its path {resource.path} "
+                    "resolves differently under different routers (a dot segment, an "
+                    "encoded separator or a ';')",
                 )
 
 
@@ -230,17 +237,21 @@ class SidecarApp:
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
-        if self.hsts is not None and scope["type"] == "http":
-            owned = self.routes.owns(path) or self.gateway.match(path) is not None
-            send = with_header(send, b"strict-transport-security", self.hsts) if owned else send
-        if self.routes.owns(path):
+        owned = self.routes.owns(path)
+        # The gateway decides on the path as sent (scope["path"] is already
+        # percent-decoded), so every spelling the app could route is seen.
+        raw: bytes | None = scope.get("raw_path")
+        guarded = None if owned else self.gateway.match(raw.decode("latin-1") if raw else path)
+        if self.hsts is not None and scope["type"] == "http" and (owned or guarded is not None):
+            send = with_header(send, b"strict-transport-security", self.hsts)
+        if owned:
             if await self.limits.refuse(scope, send, query=True):
                 return
             await self.owned(scope, receive, send)
-        elif (resource := self.gateway.match(path)) is not None:
+        elif guarded is not None:
             if await self.limits.refuse(scope, send, query=False):
                 return
-            await self.gateway(resource, scope, receive, send)
+            await self.gateway(guarded, scope, receive, send)
         elif scope["type"] == "http":
             await self.proxy.http(scope, receive, send)  # one coroutine frame less
         else:

@@ -9,15 +9,27 @@ token minted for Convex (``<prefix>Convex-Token``); the client's own
 (MCP authorization: no token passthrough). Inbound headers with the identity
 prefix are stripped on every path by the proxy.
 
-Which requests are guarded is decided on :func:`sidecar.urls.guard_path`, a
-folded form of the path (case, ``//``, ``..``, ``;``), so no spelling an app
-would route to the resource gets past. The gateway's own answers carry CORS
-headers and it answers CORS preflights on guarded paths itself, so a page on
-another origin can read the challenge and start discovery.
+Which requests are guarded is decided on every spelling an app could route
+the raw path as (:func:`sidecar.urls.path_spellings`: percent-decoded, dot
+segments resolved, ``;`` cut, ``\\`` as ``/``, ``//`` collapsed, case
+folded): the guard decides on what the app will act on, never on one tidy
+spelling of it. A path whose spellings disagree (a dot segment, an encoded
+separator) and that touches a guarded resource is refused with 400, so no
+``..`` can step from one resource to another or out of a guarded one.
+
+Every scope type but lifespan is checked: a WebSocket upgrade needs the same
+token as a request, and is refused before the handshake (RFC 6455 section
+4.2.2) with the challenge when the server offers the ASGI denial response.
+
+The gateway's own answers carry CORS headers and it answers CORS preflights
+on guarded paths itself, so a page on another origin can read the challenge
+and start discovery.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections import OrderedDict
 from typing import Any
@@ -33,10 +45,26 @@ from sidecar.oauth.grants import Grants
 from sidecar.observability.metrics import token_event
 from sidecar.proxy.http import ProxyApp
 from sidecar.store import StoreUnavailable
-from sidecar.urls import guard_path
+from sidecar.urls import TooManySpellings, is_ambiguous, path_spellings, resource_path
 
 log = structlog.get_logger("sidecar.gateway")
 CACHE_SIZE = 10_000
+# RFC 9110 section 5.5: what a field value may hold. The identity headers are
+# written from token claims, so a claim outside this never gets that far.
+_HEADER_TOKEN = re.compile(r"[\x21-\x7e]+")  # one visible-ASCII word: sub, client_id
+_HEADER_TEXT = re.compile(r"[\x20-\x7e]*")  # visible ASCII and spaces: scope
+_NOT_QDTEXT = re.compile(r"[^\x20-\x7e]")
+
+
+class Ambiguous:
+    """A path whose spellings resolve differently, touching a guarded
+    resource: refused, since no one spelling is the one the app will act on."""
+
+    def __repr__(self) -> str:
+        return "AMBIGUOUS"
+
+
+AMBIGUOUS = Ambiguous()
 
 
 class Gateway:
@@ -50,21 +78,44 @@ class Gateway:
         self.prefix = settings.identity_header_prefix.lower().encode("latin-1")
         # Only resources served on our public origin can be guarded here;
         # the longest path wins where one resource lies below another.
-        self.resources = sorted(
-            ((guard_path(r.path), r) for r in settings.resources if settings.on_public_origin(r)),
+        ordered = sorted(
+            (
+                (resource_path(r.path), r)
+                for r in settings.resources
+                if settings.on_public_origin(r)
+            ),
             key=lambda pair: len(pair[0]),
             reverse=True,
         )
+        # (base, base + "/", resource): the prefix precomputed for the hot path.
+        self.resources = [(base, base + "/", r) for base, r in ordered]
         self.cors_origins = settings.gateway_cors_origins
         # jti -> time until which its "not revoked" answer may be reused.
         self._verified: OrderedDict[str, float] = OrderedDict()
 
-    def match(self, path: str) -> Resource | None:
-        folded = guard_path(path)
-        for base, resource in self.resources:
-            if base == "/" or folded == base or folded.startswith(base + "/"):
-                return resource
-        return None
+    def match(self, raw_path: str) -> Resource | Ambiguous | None:
+        """The resource a raw request path (as sent, percent-encoding and
+        all) belongs to under any spelling an app may route it as;
+        :data:`AMBIGUOUS` when its spellings disagree and one of them is
+        under an enforced resource; None when no spelling is guarded."""
+        try:
+            spellings = path_spellings(raw_path)
+        except TooManySpellings:
+            return AMBIGUOUS
+        touched: list[Resource] = []
+        for spelling in spellings:
+            for base, below, resource in self.resources:
+                if base == "/" or spelling == base or spelling.startswith(below):
+                    if resource not in touched:
+                        touched.append(resource)
+                    break
+        if not touched:
+            return None
+        if all(r.mode != "enforce" for r in touched):
+            return touched[0]
+        if len(touched) > 1 or is_ambiguous(raw_path):
+            return AMBIGUOUS
+        return touched[0]
 
     def cors_headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
         """Fetch standard: a browser lets a page read a cross-origin answer
@@ -109,13 +160,44 @@ class Gateway:
         )
 
     async def __call__(
-        self, resource: Resource, scope: Scope, receive: Receive, send: Send
+        self, target: Resource | Ambiguous, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        if resource.mode != "enforce" or scope["type"] != "http":
+        kind = scope["type"]
+        if kind not in ("http", "websocket"):
+            # No protocol the sidecar could check a token on: nothing on a
+            # guarded path goes upstream unchecked (fail closed).
+            if isinstance(target, Ambiguous) or target.mode == "enforce":
+                return
+            await self.proxy(scope, receive, send)
+            return
+        if isinstance(target, Ambiguous):
+            scope["sidecar"].route = "gateway"
+            token_event("refused", "gateway_ambiguous_path")
+            await self._answer(
+                scope,
+                receive,
+                send,
+                400,
+                {
+                    "error": "invalid_request",
+                    "error_description": (
+                        "the path resolves differently under different routers "
+                        "(a dot segment or an encoded separator) near a protected resource"
+                    ),
+                },
+                self.cors_headers(scope),
+            )
+            return
+        resource = target
+        if resource.mode != "enforce":
             await self.proxy(scope, receive, send)
             return
         scope["sidecar"].route = "gateway"
-        if scope["method"] == "OPTIONS" and _header(scope["headers"], b"origin") is not None:
+        if (
+            kind == "http"
+            and scope["method"] == "OPTIONS"
+            and _header(scope["headers"], b"origin") is not None
+        ):
             # A CORS preflight carries no token by design (Fetch standard);
             # answered here, it lets a browser client send the request whose
             # 401 starts discovery. A plain OPTIONS still needs a token.
@@ -123,32 +205,67 @@ class Gateway:
             return
         token = _bearer(scope["headers"])
         if token is None:
-            await self._challenge(scope, send, resource, 401, None, "a bearer token is required")
+            await self._challenge(
+                scope, receive, send, resource, 401, None, "a bearer token is required"
+            )
             return
         try:
             claims = await self.verify(token, resource)
         except InvalidToken as exc:
-            await self._challenge(scope, send, resource, 401, "invalid_token", exc.description)
+            await self._challenge(
+                scope, receive, send, resource, 401, "invalid_token", exc.description
+            )
             return
         except StoreUnavailable:
-            await send_json(
+            await self._answer(
+                scope,
+                receive,
                 send,
                 503,
                 {"error": "temporarily_unavailable", "error_description": "try again shortly"},
                 [(b"retry-after", b"5"), *self.cors_headers(scope)],
             )
             return
-        granted = self.settings.expand_scopes(claims.get("scope", "").split())
+        sub, client_id, scopes = claims.get("sub"), claims.get("client_id"), claims.get("scope", "")
+        if not (
+            isinstance(sub, str)
+            and _HEADER_TOKEN.fullmatch(sub)
+            and isinstance(client_id, str)
+            and _HEADER_TOKEN.fullmatch(client_id)
+            and isinstance(scopes, str)
+            and _HEADER_TEXT.fullmatch(scopes)
+        ):
+            # RFC 9110 section 5.5: these become header values upstream; a
+            # claim with a control or non-ASCII character never does.
+            await self._challenge(
+                scope,
+                receive,
+                send,
+                resource,
+                401,
+                "invalid_token",
+                "the token's identity cannot be carried in a header",
+            )
+            return
+        granted = self.settings.expand_scopes(scopes.split())
         if not set(resource.scopes) <= granted:
             await self._challenge(
-                scope, send, resource, 403, "insufficient_scope", "the token lacks a required scope"
+                scope,
+                receive,
+                send,
+                resource,
+                403,
+                "insufficient_scope",
+                "the token lacks a required scope",
             )
             return
         p = self.settings.identity_header_prefix
+        # The same for an upgrade as for a request: the app sees the person,
+        # never the client's token (MCP authorization: no token passthrough).
         scope["sidecar_identity"] = [
-            (f"{p}User-Id".lower(), str(claims["sub"])),
-            (f"{p}Client-Id".lower(), str(claims["client_id"])),
-            (f"{p}Scopes".lower(), claims.get("scope", "")),
+            (f"{p}User-Id".lower(), sub),
+            (f"{p}Client-Id".lower(), client_id),
+            (f"{p}Scopes".lower(), scopes),
             (f"{p}Convex-Token".lower(), self.convex.for_access_token(claims)),
         ]
         if not self.settings.forward_access_token:
@@ -175,6 +292,7 @@ class Gateway:
     async def _challenge(
         self,
         scope: Scope,
+        receive: Receive,
         send: Send,
         resource: Resource,
         status: int,
@@ -185,19 +303,69 @@ class Gateway:
         the resource's metadata is, and which scopes it needs. A 401 names
         every scope the resource offers (what a client should ask for); a 403
         the ones every token must carry (SEP-2350: all the operation needs)."""
-        parts = [f'resource_metadata="{self.prm_url(resource)}"']
+        parts = [f"resource_metadata={_quoted(self.prm_url(resource))}"]
         named = resource.scopes if status == 403 else resource.advertised_scopes
         if named:
-            parts.append(f'scope="{" ".join(named)}"')
+            parts.append(f"scope={_quoted(' '.join(named))}")
         if error:
-            parts.append(f'error="{error}"')
-            parts.append(f'error_description="{description}"')
-        header = ("Bearer " + ", ".join(parts)).encode("latin-1")
+            parts.append(f"error={_quoted(error)}")
+            parts.append(f"error_description={_quoted(description)}")
+        header = ("Bearer " + ", ".join(parts)).encode("ascii")
         token_event("refused", f"gateway_{error or 'no_token'}")
         body = {"error": error or "unauthorized", "error_description": description}
-        await send_json(
-            send, status, body, [(b"www-authenticate", header), *self.cors_headers(scope)]
+        await self._answer(
+            scope,
+            receive,
+            send,
+            status,
+            body,
+            [(b"www-authenticate", header), *self.cors_headers(scope)],
         )
+
+    async def _answer(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        status: int,
+        body: dict[str, Any],
+        headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        """The gateway's own answer. For a WebSocket upgrade it is sent
+        before any handshake (RFC 6455 section 4.2.2: a server refuses with
+        an HTTP status), through the ASGI denial response where the server
+        offers it, else as a close before accept, which servers answer 403."""
+        if scope["type"] == "http":
+            await send_json(send, status, body, headers)
+            return
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        if "websocket.http.response" not in scope.get("extensions", {}):
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        data = json.dumps(body).encode()
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(data)).encode()),
+                    (b"cache-control", b"no-store"),
+                    *headers,
+                ],
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": data})
+
+
+def _quoted(value: str) -> str:
+    """RFC 9110 section 5.6.4: a quoted-string, ``"`` and ``\\`` escaped;
+    anything outside visible ASCII and space (CR and LF above all: section
+    5.5) becomes a space, so no parameter can end the field early."""
+    text = _NOT_QDTEXT.sub(" ", value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
 
 
 def _header(headers: list[tuple[bytes, bytes]], wanted: bytes) -> bytes | None:

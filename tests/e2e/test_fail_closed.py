@@ -74,8 +74,6 @@ def test_a_capital_letter_in_the_public_url_still_serves_the_resource_metadata(
         "/echo/guarded",
         "/ECHO/Guarded",
         "//echo//guarded",
-        "/echo/x/../guarded",
-        "/echo/./guarded/",
         "/echo/guarded;x=1",
         "/echo/guarded/deeper?q=1",
         "/echo/%67uarded",
@@ -89,6 +87,29 @@ def test_every_spelling_an_app_could_route_to_a_guarded_path_is_guarded(
     status, headers = raw_get(mixed_case, target)
     assert status == 401, target
     assert "resource_metadata=" in headers["www-authenticate"]
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/echo/x/../guarded",
+        "/echo/./guarded/",
+        "/echo/guarded/../../x",
+        "/echo/guarded/%2e%2e/x",
+        "/echo/x/..%2fguarded",
+    ],
+)
+def test_a_dot_segment_spelling_of_a_guarded_path_is_refused_not_guessed_at(
+    mixed_case: Process, target: str
+) -> None:
+    status, headers = raw_get(mixed_case, target)
+    assert status == 400, target
+    assert "www-authenticate" not in headers
+
+
+def test_a_dot_segment_on_an_unguarded_path_is_the_apps_to_resolve(mixed_case: Process) -> None:
+    status, _ = raw_get(mixed_case, "/echo/x/../y")
+    assert status == 200
 
 
 def test_a_path_that_only_looks_like_a_guarded_one_passes_to_the_app(
@@ -117,6 +138,9 @@ def serve_exit(upstream: Process, **env: str) -> subprocess.CompletedProcess[str
         ({"SIDECAR_RESOURCES": "https://other.example/mcp"}, "resources", "metadata-only"),
         ({"SIDECAR_PUBLIC_URL": "http://app.example.com"}, "public_url", "allow_insecure_http"),
         ({"SIDECAR_SCOPE_INCLUDES": "mcp:admin=mcp:read"}, "scope_includes", "offers"),
+        ({"SIDECAR_RESOURCES": "/api/x/../mcp"}, "resources", "differently"),
+        ({"SIDECAR_RESOURCES": "/api/mcp%2fx"}, "resources", "differently"),
+        ({"SIDECAR_PUBLIC_URL": "http://127.0.0.1\t:8080"}, "public_url", "character"),
     ],
 )
 def test_a_configuration_that_could_not_be_served_as_written_stops_start_up(

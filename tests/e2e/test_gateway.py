@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 
 import httpx
+import pytest
 
 from sidecar.config import load_settings
+from sidecar.gateway.guard import _quoted
 from sidecar.keys import load_keyset
 from tests.e2e.conftest import Stack
 from tests.support import fixtures
@@ -179,3 +181,68 @@ def test_metadata_only_resources_pass_untouched_and_the_app_verifies_with_the_jw
     assert ok.json()["claims"]["client_id"] == client.client_id
     other = token_for(client, browser, f"{oauth_stack.sidecar.url}/api/mcp")
     assert echo(oauth_stack, other, "/api/mcp-self").status_code == 401
+
+
+def signed(stack: Stack, **claims: object) -> str:
+    """An access token for /api/mcp signed with the deployment's key, as the
+    sidecar signs them, with ``claims`` over the usual ones."""
+    base = stack.sidecar.url
+    keyset = load_keyset(
+        load_settings(
+            env={"JWKS": fixtures.text("static-jwks.json"), "BETTER_AUTH_SECRET": fixtures.SECRET}
+        )
+    )
+    now = int(time.time())
+    body: dict[str, object] = {
+        "iss": f"{base}/oauth",
+        "sub": "u",
+        "aud": f"{base}/api/mcp",
+        "client_id": "c",
+        "scope": "openid",
+        "jti": f"claims-{time.monotonic_ns()}",
+        "iat": now,
+        "exp": now + 600,
+    }
+    body.update(claims)
+    return keyset.sign(body, typ="at+jwt")
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"sub": "u\r\nX-Sidecar-Scopes: mcp:admin"},
+        {"sub": "u\nx"},
+        {"sub": "u\x00"},
+        {"sub": "Zo\u00eb"},
+        {"sub": "u v"},
+        {"sub": 42},
+        {"client_id": "https://client.example/\r\nHost: evil"},
+        {"client_id": "c\t"},
+        {"scope": "openid\r\nX-Evil: 1"},
+        {"scope": "openid caf\u00e9"},
+        {"scope": ["openid"]},
+    ],
+)
+def test_a_token_whose_identity_would_break_a_header_line_is_refused(
+    oauth_stack: Stack, claims: dict[str, object]
+) -> None:
+    r = echo(oauth_stack, signed(oauth_stack, **claims))
+    assert r.status_code == 401, r.text
+    assert 'error="invalid_token"' in r.headers["www-authenticate"]
+    # The same token with ordinary claims passes: the refusal is the claim.
+    assert echo(oauth_stack, signed(oauth_stack)).status_code == 200
+
+
+def test_challenge_parameters_are_quoted_strings_with_quotes_and_backslashes_escaped() -> None:
+    # RFC 9110 section 5.6.4; CR and LF never reach the field (section 5.5).
+    assert _quoted('say "hi" \\ bye') == '"say \\"hi\\" \\\\ bye"'
+    assert _quoted("line\r\nX-Evil: 1") == '"line  X-Evil: 1"'
+    assert _quoted("caf\u00e9\x00") == '"caf  "'
+
+
+def test_every_challenge_is_one_field_of_visible_ascii(oauth_stack: Stack) -> None:
+    for token in (None, "not-a-token", signed(oauth_stack, sub="u\r\nx")):
+        r = echo(oauth_stack, token)
+        assert r.status_code == 401
+        raw = r.headers["www-authenticate"]
+        assert all(0x20 <= ord(c) < 0x7F for c in raw), raw

@@ -425,6 +425,7 @@ class Doctor:
 
 
 def diagnose(url: str, **options: Any) -> Report:
+    url = url.strip()
     try:
         canonical_url(url)
     except InvalidURL as exc:

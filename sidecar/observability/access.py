@@ -77,6 +77,8 @@ class AccessMiddleware:
                     # none (clients check clock skew against it).
                     headers.append((b"date", http_date()))
                 message["headers"] = headers
+            elif message["type"] == "websocket.http.response.start":
+                status = message["status"]  # an upgrade refused before its handshake
             elif message["type"] == "websocket.accept":
                 status = 101
             elif message["type"] == "websocket.close" and status == 0:

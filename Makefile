@@ -10,7 +10,7 @@ NODE_DIR := tests/e2e/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install node node-compat run test test-compat image test-image lint bench fuzz demo screenshots clean
+.PHONY: install node node-mcp-client node-compat run test test-compat image test-image lint bench fuzz demo screenshots clean
 
 install: $(STAMP)
 
@@ -31,6 +31,20 @@ $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 		echo "npm not found: the end-to-end tests will be skipped"; \
 	fi
 
+# The v2 TypeScript MCP SDK client (the one Claude uses), which the consent
+# test drives headlessly; installed like the fixture above.
+MCP_CLIENT_DIR := tests/e2e/node-mcp-client
+MCP_CLIENT_STAMP := $(MCP_CLIENT_DIR)/node_modules/.installed
+
+node-mcp-client: $(MCP_CLIENT_STAMP)
+
+$(MCP_CLIENT_STAMP): $(MCP_CLIENT_DIR)/package.json $(MCP_CLIENT_DIR)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		cd $(MCP_CLIENT_DIR) && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
+	else \
+		echo "npm not found: the end-to-end tests will be skipped"; \
+	fi
+
 # The oldest Better Auth that @convex-dev/better-auth 0.12.5 accepts; the
 # fixture's server.mjs is copied beside its node_modules, so that its imports
 # resolve there.
@@ -45,7 +59,7 @@ $(COMPAT_STAMP): $(COMPAT_DIR)/package.json $(COMPAT_DIR)/package-lock.json
 run: install
 	$(BIN)/sidecar serve $(ARGS)
 
-test: install node
+test: install node node-mcp-client
 	$(BIN)/pytest --ignore=tests/image $(PYTEST_ARGS)
 
 # The container image, with podman or docker, whichever is here; on the

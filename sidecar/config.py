@@ -108,8 +108,15 @@ class Settings:
     # is forgotten after this many seconds (0: kept forever).
     registration_unused_ttl: int = 86400
     # Limits on what one client can cost (README, "Security").
-    rate_limit_per_ip: int = 300  # authorize, consent and token requests per IP per minute
-    rate_limit_per_client: int = 600  # token requests per client per minute
+    # authorize and consent requests, and refused token requests, per IP per minute
+    rate_limit_per_ip: int = 300
+    rate_limit_per_client: int = 600  # refused token requests per client per minute
+    rate_limit_per_grant: int = 60  # refreshes of one grant per minute
+    # List offline_access in the metadata's scopes_supported (it is accepted
+    # either way); off, since clients that see it add prompt=consent too.
+    advertise_offline_access: bool = False
+    # Hosted clients' egress addresses: no per-address limit at the token endpoint.
+    trusted_client_egress: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     max_body_bytes: int = 65536  # form bodies of the OAuth endpoints
     max_registration_bytes: int = 16384
     max_redirect_uris: int = 20
@@ -214,7 +221,7 @@ class Settings:
                 ]
             elif f.name == "scope_includes":
                 value = {scope: list(included) for scope, included in value}
-            elif f.name == "trusted_proxies":
+            elif f.name in ("trusted_proxies", "trusted_client_egress"):
                 value = [str(n) for n in value]
             elif isinstance(value, tuple):
                 value = list(value)
@@ -407,6 +414,7 @@ def _as_resources(key: str, value: Any, public_url: str) -> tuple[Resource, ...]
             target = options.pop("url", None)
             if not isinstance(target, str):
                 raise ConfigError(key, f"each table needs a url, got {item!r}")
+            target = target.strip()
         elif isinstance(item, str):
             target, *parts = [p.strip() for p in item.split(";")]
             for part in parts:
@@ -595,6 +603,8 @@ def _build(raw: Mapping[str, Any]) -> Settings:
     take("registration_rate_limit", lambda k, v: _as_int(k, v, 0))
     take("rate_limit_per_ip", lambda k, v: _as_int(k, v, 0))
     take("rate_limit_per_client", lambda k, v: _as_int(k, v, 0))
+    take("rate_limit_per_grant", lambda k, v: _as_int(k, v, 0))
+    take("trusted_client_egress", _as_networks)
     take("max_body_bytes", lambda k, v: _as_int(k, v, 1024))
     take("max_registration_bytes", lambda k, v: _as_int(k, v, 1024))
     take("max_redirect_uris", lambda k, v: _as_int(k, v, 1, 1000))
@@ -620,6 +630,7 @@ def _build(raw: Mapping[str, Any]) -> Settings:
         values["convex_audience"] = audience
     take("convex_token_ttl", lambda k, v: _as_int(k, v, 10, 3600))
     take("forward_access_token", _as_bool)
+    take("advertise_offline_access", _as_bool)
     if "gateway_cors_origins" in raw:
         origins = _as_list("gateway_cors_origins", raw["gateway_cors_origins"])
         if [o.lower() for o in origins] == ["none"]:  # the environment's way to say []

@@ -22,7 +22,13 @@ from starlette.responses import RedirectResponse, Response
 
 from sidecar.config import Resource, Settings
 from sidecar.oauth import pkce
-from sidecar.oauth.clients import Client, ClientRegistry, is_loopback, redirect_uri_matches
+from sidecar.oauth.clients import (
+    Client,
+    ClientRegistry,
+    client_family,
+    is_loopback,
+    redirect_uri_matches,
+)
 from sidecar.oauth.errors import (
     ConsentRequired,
     InvalidRequest,
@@ -36,6 +42,7 @@ from sidecar.oauth.grants import Grants
 from sidecar.oauth.pages import SCOPE_WORDS, Pages, add_cookies, form_action_source
 from sidecar.oauth.params import form_params, query_params
 from sidecar.oauth.ratelimit import RateLimiter, client_ip
+from sidecar.observability.metrics import authorization_outcome
 from sidecar.proxy.upstream import UpstreamError
 from sidecar.session import SessionBridge
 from sidecar.session.bridge import SessionLookup
@@ -65,6 +72,20 @@ def from_own_origin(request: Request, public_url: str) -> bool:
         return origin.lower() == public_url
     site = request.headers.get("sec-fetch-site")
     return site is None or site.lower() in OWN_FETCH_SITES
+
+
+def consent_may_be_skipped(prompt: set[str], scope: list[str]) -> bool:
+    """Whether a remembered consent may answer this request.
+
+    ``prompt=consent`` asks for the page, and gets it; except where it only
+    accompanies ``offline_access``: the MCP TypeScript SDK (Claude Code,
+    claude.ai, Desktop) adds both to every authorization, so honouring it
+    would ask a person on every connect. OpenID Connect Core section 11 lets
+    a server skip the prompt when other conditions permit offline access;
+    here refresh tokens follow the client's registered grant, and the
+    person's earlier consent to exactly these scopes (offline_access
+    included) is that condition."""
+    return "consent" not in prompt or "offline_access" in scope
 
 
 @dataclass
@@ -407,9 +428,12 @@ class AuthorizationEndpoint:
                     )
                 return self.login_redirect(pending, session.set_cookies)
             user = session.user
-            if "consent" not in prompt and await self.grants.remembered_consent(
-                user.sub, client.client_id, pending["resource"], pending["scope"]
+            if consent_may_be_skipped(prompt, pending["scope"]) and (
+                await self.grants.remembered_consent(
+                    user.sub, client.client_id, pending["resource"], pending["scope"]
+                )
             ):
+                authorization_outcome("remembered", client_family(client))
                 if await self.store.take(PENDING, pending["request_id"]) is None:
                     return self.pages.error(
                         "Request already handled",
@@ -488,8 +512,12 @@ class AuthorizationEndpoint:
             and all(is_loopback(urlsplit(u).hostname) for u in client.redirect_uris),
             unverified=client.source == "dcr",
             redirect_host=_redirect_host(pending["redirect_uri"]),
-            scope_lines=[SCOPE_WORDS.get(s, s) for s in new]
-            or (["Act on your behalf on this service"] if not kept else []),
+            # What a grant always lets a client do, whatever its scopes say
+            # (an MCP client may ask for nothing but offline_access).
+            scope_lines=(
+                [] if kept else [f"Act as you at {pending['resource']}, until you revoke it"]
+            )
+            + [SCOPE_WORDS.get(s, s) for s in new],
             kept_lines=[SCOPE_WORDS.get(s, s) for s in kept],
             resource=pending["resource"],
             user_label=user_label,

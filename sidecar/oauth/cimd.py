@@ -91,6 +91,29 @@ def looks_like_metadata_url(client_id: str) -> bool:
     )
 
 
+def document_auth_method(document: dict[str, Any]) -> str:
+    """How a document's client authenticates at the token endpoint.
+
+    A document is public, so a shared secret in it would be no secret:
+    ``client_secret_*`` is refused. A document listing
+    ``token_endpoint_auth_methods_supported`` is taken at its strongest
+    method we support (ChatGPT lists ``none`` and ``private_key_jwt`` and
+    then authenticates with an assertion only)."""
+    named = document.get("token_endpoint_auth_method") or "none"
+    offered = document.get("token_endpoint_auth_methods_supported")
+    methods = [named]
+    if isinstance(offered, list):
+        methods += [m for m in offered if isinstance(m, str)]
+    has_keys = "jwks_uri" in document or "jwks" in document
+    if "private_key_jwt" in methods and (has_keys or named == "private_key_jwt"):
+        return "private_key_jwt"  # refused later if it has no keys
+    if named != "none":
+        raise MetadataDocumentError(
+            f"a document cannot use {named}: a published document holds no secret"
+        )
+    return "none"
+
+
 def cache_ttl(cache_control: str | None) -> int:
     if not cache_control:
         return DEFAULT_TTL
@@ -163,7 +186,9 @@ class MetadataDocuments:
             await self.store.put(NS, client_id, asdict(client), ttl=ttl)
         return client
 
-    async def fetch(self, url: str) -> tuple[Any, int]:
+    async def fetch(
+        self, url: str, types: tuple[str, ...] = ("application/json",)
+    ) -> tuple[Any, int]:
         if self._session is None:
             raise MetadataDocumentError("metadata documents are not enabled")
         self.check_url(url)
@@ -178,7 +203,7 @@ class MetadataDocuments:
                     raise MetadataDocumentError("the document URL redirects; redirects are refused")
                 if response.status != 200:
                     raise MetadataDocumentError(f"document answered {response.status}")
-                if response.content_type != "application/json":
+                if response.content_type not in types:
                     raise MetadataDocumentError(
                         f"document is {response.content_type or 'untyped'}, not application/json"
                     )
@@ -203,10 +228,9 @@ class MetadataDocuments:
         name = document.get("client_name")
         if not isinstance(name, str) or not name.strip():
             raise MetadataDocumentError("document has no client_name")
-        method = document.get("token_endpoint_auth_method") or "none"
-        if method != "none":
-            raise MetadataDocumentError("only public clients (none) are supported by documents")
+        method = document_auth_method(document)
         metadata = {k: v for k, v in document.items() if k != "client_id"}
+        metadata["token_endpoint_auth_method"] = method
         metadata.setdefault("grant_types", ["authorization_code", "refresh_token"])
         client, _ = client_from_metadata(
             metadata, self.settings.scopes, source="cimd", client_id=url

@@ -21,7 +21,8 @@ from sidecar.store import Store
 if TYPE_CHECKING:
     from sidecar.oauth.cimd import MetadataDocuments
 
-AUTH_METHODS = ("none", "client_secret_basic", "client_secret_post")
+AUTH_METHODS = ("none", "client_secret_basic", "client_secret_post", "private_key_jwt")
+SECRET_METHODS = ("client_secret_basic", "client_secret_post")
 GRANT_TYPES = ("authorization_code", "refresh_token")
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 # Schemes that must never be a redirect target (RFC 9700 section 4.1.1 and
@@ -60,6 +61,10 @@ class Client:
     source: str = "dcr"  # dcr, cli or cimd
     in_use: bool = False  # a dcr client that completed an authorization is kept
     token_exchange: bool = False  # may exchange access tokens for Convex tokens (RFC 8693)
+    # private_key_jwt (RFC 7523 section 2.2): where the client's public keys are.
+    jwks_uri: str | None = None
+    jwks: dict[str, Any] | None = None
+    token_endpoint_auth_signing_alg: str | None = None
 
     @property
     def is_public(self) -> bool:
@@ -189,20 +194,25 @@ def client_from_metadata(
         raise InvalidRedirectUri(f"at most {max_redirect_uris} redirect URIs")
     redirect_uris = [validate_redirect_uri(u) for u in uris]
 
-    # Real clients omit the method (REFERENCES.md): that means a public client.
+    # Real clients omit the method: that means a public client.
     method = metadata.get("token_endpoint_auth_method") or "none"
     if method not in AUTH_METHODS:
         raise InvalidClientMetadata(
             f"token_endpoint_auth_method must be one of {', '.join(AUTH_METHODS)}"
         )
+    keys = _client_keys(metadata, method)
+    # RFC 7591 section 2: what a server does not support it ignores. A grant
+    # type or response type we do not offer is dropped, not refused; only a
+    # client that cannot use the code flow at all is.
     grant_types = metadata.get("grant_types") or ["authorization_code"]
-    if not isinstance(grant_types, list) or not set(grant_types) <= set(GRANT_TYPES):
-        raise InvalidClientMetadata(f"grant_types may hold only {', '.join(GRANT_TYPES)}")
+    if not isinstance(grant_types, list) or not all(isinstance(g, str) for g in grant_types):
+        raise InvalidClientMetadata("grant_types must be an array of strings")
+    grant_types = [g for g in grant_types if g in GRANT_TYPES]
     if "authorization_code" not in grant_types:
         raise InvalidClientMetadata("grant_types must include authorization_code")
     response_types = metadata.get("response_types") or ["code"]
-    if response_types != ["code"]:
-        raise InvalidClientMetadata('response_types must be ["code"]')
+    if not isinstance(response_types, list) or "code" not in response_types:
+        raise InvalidClientMetadata('response_types must include "code"')
     scope = metadata.get("scope")
     if scope is not None:
         if not isinstance(scope, str):
@@ -226,7 +236,7 @@ def client_from_metadata(
 
     if client_id is not None and not is_valid_client_id(client_id):
         raise InvalidClientMetadata("client_id must be visible ASCII without spaces")
-    secret = None if method == "none" else secrets.token_urlsafe(32)
+    secret = secrets.token_urlsafe(32) if method in SECRET_METHODS else None
     client = Client(
         client_id=client_id or secrets.token_urlsafe(18),
         redirect_uris=redirect_uris,
@@ -240,8 +250,42 @@ def client_from_metadata(
         client_secret_hash=hash_secret(secret) if secret else None,
         client_id_issued_at=int(time.time()),
         source=source,
+        **keys,
     )
     return client, secret
+
+
+def _client_keys(metadata: Mapping[str, Any], method: str) -> dict[str, Any]:
+    """RFC 7591 section 2: ``jwks_uri`` or ``jwks`` (never both) for a
+    client that authenticates with ``private_key_jwt``; a client naming that
+    method without keys could never authenticate, so it is refused before
+    anyone is asked to consent to it."""
+    from sidecar.oauth.assertions import ALGORITHMS, parse_key_set
+
+    if method != "private_key_jwt":
+        return {}
+    uri, jwks = metadata.get("jwks_uri"), metadata.get("jwks")
+    if uri is not None and jwks is not None:
+        raise InvalidClientMetadata("jwks_uri and jwks must not both be given")
+    alg = metadata.get("token_endpoint_auth_signing_alg")
+    if alg is not None and alg not in ALGORITHMS:
+        raise InvalidClientMetadata(
+            f"token_endpoint_auth_signing_alg must be one of {', '.join(ALGORITHMS)}"
+        )
+    if uri is not None:
+        parts = urlsplit(uri) if isinstance(uri, str) else None
+        if parts is None or parts.scheme not in ("https", "http") or not parts.hostname:
+            raise InvalidClientMetadata("jwks_uri must be an https URL")
+        if not is_valid_client_id(uri):
+            raise InvalidClientMetadata("jwks_uri must be visible ASCII without spaces")
+        return {"jwks_uri": uri, "token_endpoint_auth_signing_alg": alg}
+    if jwks is not None:
+        try:
+            parse_key_set(jwks)
+        except ValueError as exc:
+            raise InvalidClientMetadata(f"jwks: {exc}") from None
+        return {"jwks": jwks, "token_endpoint_auth_signing_alg": alg}
+    raise InvalidClientMetadata("private_key_jwt needs jwks_uri or jwks")
 
 
 class ClientRegistry:
@@ -250,8 +294,17 @@ class ClientRegistry:
     URL is looked up as a Client ID Metadata Document when enabled."""
 
     def __init__(self, store: Store, documents: MetadataDocuments | None = None) -> None:
+        from sidecar.oauth.assertions import AssertionVerifier, ClientKeys
+
         self.store = store
         self.documents = documents
+        # Client assertions are checked where the keys can be fetched: with
+        # the document fetcher's SSRF rules (the operator CLI has none).
+        self.assertions: AssertionVerifier | None = (
+            AssertionVerifier(documents.settings.issuer, store, ClientKeys(documents))
+            if documents is not None
+            else None
+        )
 
     async def get(self, client_id: str) -> Client | None:
         if not is_valid_client_id(client_id):
@@ -330,6 +383,10 @@ async def authenticate_client(
     secret, by the method they registered."""
     basic = basic_credentials(authorization)
     challenge = {"WWW-Authenticate": 'Basic realm="oauth"'} if basic else {}
+    if "client_assertion" in form or "client_assertion_type" in form:
+        return await _authenticate_by_assertion(
+            registry, form, basic is not None, require_confidential=require_confidential
+        )
     if basic:
         client_id, secret = basic
         method = "client_secret_basic"
@@ -344,6 +401,9 @@ async def authenticate_client(
         raise InvalidClient("unknown client", challenge)
     if require_confidential and client.is_public:
         raise InvalidClient("this endpoint needs a confidential client", challenge)
+    if client.token_endpoint_auth_method == "private_key_jwt":
+        # Its keys are its only credential: no assertion, no access.
+        raise InvalidClient("this client authenticates with a client_assertion", challenge)
     if client.is_public:
         if secret:
             # claude.ai may register as confidential then act public; the
@@ -362,3 +422,75 @@ async def authenticate_client(
     if not client.check_secret(secret):
         raise InvalidClient("client authentication failed", challenge)
     return client
+
+
+async def _authenticate_by_assertion(
+    registry: ClientRegistry,
+    form: Mapping[str, str],
+    with_basic: bool,
+    *,
+    require_confidential: bool,
+) -> Client:
+    """RFC 7523 section 2.2. RFC 6749 section 2.3: one authentication method
+    per request, so an assertion beside a secret is refused."""
+    from sidecar.oauth.assertions import ASSERTION_TYPE
+
+    if form.get("client_assertion_type") != ASSERTION_TYPE:
+        raise InvalidClient(f"client_assertion_type must be {ASSERTION_TYPE}")
+    assertion = form.get("client_assertion", "")
+    if not assertion:
+        raise InvalidClient("client_assertion is missing")
+    if with_basic or form.get("client_secret"):
+        raise InvalidClient("use one client authentication method per request")
+    client_id = form.get("client_id") or _unverified_issuer(assertion)
+    client = await registry.get(client_id)
+    if client is None:
+        raise InvalidClient("unknown client")
+    if client.token_endpoint_auth_method != "private_key_jwt":
+        raise InvalidClient("this client does not authenticate with a client_assertion")
+    if registry.assertions is None:
+        raise InvalidClient("client assertions are not accepted here")
+    await registry.assertions.verify(client, assertion)
+    return client
+
+
+def _unverified_issuer(assertion: str) -> str:
+    """The client_id an assertion claims, to find the keys that must verify
+    it (RFC 7523 section 3: iss is the client_id)."""
+    import jwt
+
+    try:
+        claims = jwt.decode(assertion, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        raise InvalidClient("client_assertion is not a JWT") from None
+    issuer = claims.get("iss") if isinstance(claims, dict) else None
+    return issuer if isinstance(issuer, str) else ""
+
+
+MAX_FAMILIES = 50  # distinct client_family label values, per process
+_families: set[str] = set()
+
+
+def client_family(client: Client | None) -> str:
+    """A bounded label saying which kind of client this is, for dashboards
+    ("ChatGPT refreshes fail"): the document's host for a metadata-document
+    client (``claude.ai``, ``chatgpt.com``, ``vscode.dev``), a normalised
+    bucket of ``client_name`` for a self-registered one (``claude``,
+    ``cursor``), ``operator`` for ``sidecar clients add``, and ``other`` once
+    ``MAX_FAMILIES`` are in use, so no stranger can grow the label set."""
+    if client is None:
+        return "unknown"
+    if client.source == "cli":
+        return "operator"
+    if client.source == "cimd":
+        host = (urlsplit(client.client_id).hostname or "").lower()
+        family = host[4:] if host.startswith("www.") else host
+    else:
+        words = re.findall(r"[a-z0-9]+", (client.client_name or "").lower())
+        family = "-".join(words[:2])[:32] if words else "unnamed"
+    if family in _families:
+        return family
+    if len(_families) >= MAX_FAMILIES or not family:
+        return "other"
+    _families.add(family)
+    return family

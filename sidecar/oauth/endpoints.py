@@ -18,11 +18,13 @@ from sidecar.config import Resource, Settings
 from sidecar.convex import ConvexTokens
 from sidecar.keys import KeySet
 from sidecar.oauth import pkce
+from sidecar.oauth.assertions import ALGORITHMS as ASSERTION_ALGORITHMS
 from sidecar.oauth.clients import (
     Client,
     ClientRegistry,
     authenticate_client,
     basic_credentials,
+    client_family,
     client_from_metadata,
 )
 from sidecar.oauth.errors import (
@@ -34,6 +36,7 @@ from sidecar.oauth.errors import (
     InvalidTarget,
     InvalidToken,
     OAuthError,
+    SlowDown,
     TemporarilyUnavailable,
     UnauthorizedClient,
     UnsupportedGrantType,
@@ -41,7 +44,7 @@ from sidecar.oauth.errors import (
 )
 from sidecar.oauth.grants import REFRESH, Grants, IssuedTokens, digest, user_claims
 from sidecar.oauth.params import form_params, read_body
-from sidecar.oauth.ratelimit import RateLimiter, client_ip
+from sidecar.oauth.ratelimit import RateLimiter, client_ip, is_trusted_egress
 from sidecar.observability.metrics import token_event
 from sidecar.store import Store, StoreUnavailable
 from sidecar.urls import InvalidURL, canonical_url
@@ -117,35 +120,61 @@ class OAuthEndpoints:
     # -- POST /oauth/token ------------------------------------------------------
 
     async def token(self, request: Request) -> Response:
+        """RFC 6749 section 3.2. Limits: refused requests per address and per
+        client (guessing codes, refresh tokens, secrets or assertions), and
+        refreshes per grant; a success never counts against an address or a
+        client_id, which a popular client's users and a hosted client's egress
+        pool share."""
+        peer = self.peer(request)
+        trusted = is_trusted_egress(peer, self.settings.trusted_client_egress)
+        family = "unknown"
+        client_id = ""
         try:
-            await self.limiter.check(
-                "token-ip", self.peer(request), self.settings.rate_limit_per_ip
-            )
+            if not trusted:
+                await self.limiter.refuse_if_blocked("token-failures-ip", peer)
             form = await self.form(request)
             basic = basic_credentials(request.headers.get("authorization"))
-            client_id = basic[0] if basic else form.get("client_id", "")
-            await self.limiter.check(
-                "token-client", client_id[:200], self.settings.rate_limit_per_client
-            )
+            client_id = (basic[0] if basic else form.get("client_id", ""))[:200]
+            if client_id and not trusted:
+                await self.limiter.refuse_if_blocked("token-failures-client", client_id)
             client = await authenticate_client(
                 self.clients, form, request.headers.get("authorization")
             )
+            family = client_family(client)
+            client_id = client.client_id[:200]
             grant_type = form.get("grant_type")
             if grant_type == "authorization_code":
                 response = token_response(await self.exchange_code(form, client))
-                token_event("issued")
+                token_event("issued", family=family)
                 return response
             if grant_type == "refresh_token":
-                return token_response(await self.refresh(form, client))
+                # A refresh token starts with its grant's id: the loop of one
+                # grant is limited, not the client it belongs to.
+                grant = form.get("refresh_token", "").partition(".")[0][:64]
+                await self.limiter.check(
+                    "token-refreshes-grant", grant, self.settings.rate_limit_per_grant, family
+                )
+                return token_response(await self.refresh(form, client, family))
             if grant_type == TOKEN_EXCHANGE:
                 exchanged = await self.exchange_token(form, request)
-                token_event("exchanged")
+                token_event("exchanged", family=family)
                 return exchanged
             if not grant_type:
                 raise InvalidRequest("grant_type is required")
             raise UnsupportedGrantType(f"grant_type {grant_type} is not supported")
+        except SlowDown:
+            token_event("refused", "slow_down", family)
+            raise
         except OAuthError as exc:
-            token_event("refused", exc.error)
+            token_event("refused", exc.error, family)
+            if not trusted:
+                await self.limiter.count_failure(
+                    "token-failures-ip", peer, self.settings.rate_limit_per_ip
+                )
+            if client_id:
+                await self.limiter.count_failure(
+                    "token-failures-client", client_id, self.settings.rate_limit_per_client
+                )
             raise
 
     async def exchange_code(self, form: dict[str, str], client: Client) -> IssuedTokens:
@@ -179,7 +208,7 @@ class OAuthEndpoints:
             auth_time=details.get("auth_time"),
         )
 
-    async def refresh(self, form: dict[str, str], client: Client) -> IssuedTokens:
+    async def refresh(self, form: dict[str, str], client: Client, family: str = "") -> IssuedTokens:
         if "refresh_token" not in client.grant_types:
             raise UnauthorizedClient("this client did not register the refresh_token grant")
         token = form.get("refresh_token")
@@ -211,7 +240,7 @@ class OAuthEndpoints:
         )
         # Grace answers are counted apart: a steady stream of them is a client
         # that loses answers or races itself.
-        token_event("refreshed", "grace" if rotation.grace else "")
+        token_event("refreshed", "grace" if rotation.grace else "", family)
         return tokens
 
     async def exchange_token(self, form: dict[str, str], request: Request) -> Response:
@@ -379,7 +408,15 @@ class OAuthEndpoints:
             "introspection_endpoint": f"{issuer}/introspect",
             "userinfo_endpoint": f"{issuer}/userinfo",
             "jwks_uri": f"{issuer}/jwks",
-            "scopes_supported": list(self.settings.scopes),
+            # offline_access is accepted but not listed unless asked for: the
+            # MCP TypeScript SDK adds it, and then prompt=consent, to every
+            # authorization when it is listed, while refresh tokens here
+            # follow the client's registered refresh_token grant anyway.
+            "scopes_supported": [
+                s
+                for s in self.settings.scopes
+                if s != "offline_access" or self.settings.advertise_offline_access
+            ],
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],
             # Token exchange is listed always: it needs a client an operator
@@ -390,16 +427,22 @@ class OAuthEndpoints:
                 "none",
                 "client_secret_basic",
                 "client_secret_post",
+                "private_key_jwt",
             ],
+            "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
             "revocation_endpoint_auth_methods_supported": [
                 "none",
                 "client_secret_basic",
                 "client_secret_post",
+                "private_key_jwt",
             ],
+            "revocation_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
             "introspection_endpoint_auth_methods_supported": [
                 "client_secret_basic",
                 "client_secret_post",
+                "private_key_jwt",
             ],
+            "introspection_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
             "code_challenge_methods_supported": ["S256"],
             "client_id_metadata_document_supported": True,
             "authorization_response_iss_parameter_supported": True,

@@ -1,39 +1,91 @@
 """Fixed-window rate limits whose counters live in the store, so a limit holds
-across every replica and worker sharing it."""
+across every replica and worker sharing it.
+
+Two kinds. ``check`` counts every request and refuses past the limit (the
+authorization endpoint per address, refreshes per grant). ``count_failure``
+counts only refused requests and, once a key reaches its limit, blocks it
+until the window ends (``refuse_if_blocked``): one client_id serves every
+install of a popular client and hosted clients call from a small egress pool,
+so successful token requests must not throttle them as one, while guessing
+(bad codes, refresh tokens, secrets or assertions) still is.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import time
 
+import structlog
 from starlette.requests import Request
 
 from sidecar.config import Settings
 from sidecar.oauth.errors import SlowDown
-from sidecar.proxy.headers import client_address
+from sidecar.observability.metrics import RATE_LIMITED
+from sidecar.proxy.headers import client_address, is_trusted
 from sidecar.store import Store
 
+log = structlog.get_logger("sidecar.oauth")
+
 WINDOW = 60  # seconds
+NS_COUNT, NS_BLOCK = "rate", "rate-block"
+
+
+def _retry_after(now: float) -> int:
+    return max(1, int((int(now // WINDOW) + 1) * WINDOW - now))
 
 
 class RateLimiter:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    async def check(self, kind: str, key: str, limit: int) -> None:
+    def refuse(self, limit: str, family: str, retry_after: int) -> SlowDown:
+        """The 429 names the limit that fired, in its metric and a log line."""
+        RATE_LIMITED.labels(limit=limit, client_family=family).inc()
+        log.warning("rate limit reached", limit=limit, client_family=family)
+        return SlowDown(
+            f"too many requests ({limit}); try again later",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+    async def check(self, kind: str, key: str, limit: int, family: str = "") -> None:
         """Count one request; over ``limit`` in this minute raises SlowDown
         (429) with Retry-After until the window ends. 0 means no limit."""
         if limit <= 0:
             return
         now = time.time()
         window = int(now // WINDOW)
-        count = await self.store.incr("rate", f"{kind}:{key}:{window}", ttl=WINDOW)
+        count = await self.store.incr(NS_COUNT, f"{kind}:{key}:{window}", ttl=WINDOW)
         if count > limit:
-            retry_after = max(1, int((window + 1) * WINDOW - now))
-            raise SlowDown(
-                "too many requests; try again later", headers={"Retry-After": str(retry_after)}
+            raise self.refuse(kind, family, _retry_after(now))
+
+    async def refuse_if_blocked(self, kind: str, key: str, family: str = "") -> None:
+        """A 429 while ``key`` has used up its failures for this minute."""
+        blocked = await self.store.get(NS_BLOCK, f"{kind}:{key}")
+        if blocked is not None:
+            raise self.refuse(kind, family, _retry_after(time.time()))
+
+    async def count_failure(self, kind: str, key: str, limit: int) -> None:
+        """One refused request; the ``limit``-th blocks ``key`` until the
+        window ends."""
+        if limit <= 0:
+            return
+        now = time.time()
+        window = int(now // WINDOW)
+        count = await self.store.incr(NS_COUNT, f"{kind}:{key}:{window}", ttl=WINDOW)
+        if count == limit:
+            await self.store.put(
+                NS_BLOCK, f"{kind}:{key}", {"until": (window + 1) * WINDOW}, ttl=_retry_after(now)
             )
 
 
 def client_ip(request: Request, settings: Settings) -> str:
     peer = request.client.host if request.client else None
     return client_address(peer, request.scope["headers"], settings.trusted_proxies)
+
+
+def is_trusted_egress(
+    address: str, egress: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+) -> bool:
+    """An address an operator named in ``trusted_client_egress`` (a hosted
+    client's egress pool): no per-address limit at the token endpoint."""
+    return is_trusted(address, egress)

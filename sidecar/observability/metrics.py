@@ -32,8 +32,21 @@ REQUEST_SECONDS = Histogram(
 )
 TOKENS = Counter(
     "sidecar_tokens_total",
-    "Token events: issued, refreshed, revoked, or refused with a reason.",
-    ["event", "reason"],
+    "Token events: issued, refreshed, revoked, or refused with a reason, by client family.",
+    ["event", "reason", "client_family"],
+    registry=REGISTRY,
+)
+RATE_LIMITED = Counter(
+    "sidecar_rate_limited_total",
+    "Requests answered 429, by the limit that fired and client family.",
+    ["limit", "client_family"],
+    registry=REGISTRY,
+)
+AUTHORIZATIONS = Counter(
+    "sidecar_authorizations_total",
+    "Authorization requests by outcome (approved, remembered, denied, login, refused) "
+    "and client family.",
+    ["outcome", "client_family"],
     registry=REGISTRY,
 )
 UPSTREAM_ERRORS = Counter(
@@ -78,8 +91,12 @@ SIGNING_KEY_AGE = Gauge(
 )
 
 
-def token_event(event: str, reason: str = "") -> None:
-    TOKENS.labels(event=event, reason=reason).inc()
+def token_event(event: str, reason: str = "", family: str = "") -> None:
+    TOKENS.labels(event=event, reason=reason, client_family=family).inc()
+
+
+def authorization_outcome(outcome: str, family: str = "") -> None:
+    AUTHORIZATIONS.labels(outcome=outcome, client_family=family).inc()
 
 
 async def timed_store(op: str, call: Callable[[], Awaitable[T]]) -> T:

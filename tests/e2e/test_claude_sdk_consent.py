@@ -39,10 +39,11 @@ def client_available() -> bool:
     )
 
 
-@pytest.fixture(scope="module")
-def scoped_stack() -> Iterator[Stack]:
+@pytest.fixture(scope="module", params=["default", "advertise_offline_access"])
+def scoped_stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
     """The production shape (reuse mode) with one MCP resource that offers a
-    scope, as the README writes it."""
+    scope, as the README writes it; and the same with offline_access listed
+    in the metadata, where the SDK adds it and prompt=consent every time."""
     require(
         client_available(),
         "Node or the MCP client fixture is missing (run `make test`, which installs it with npm)",
@@ -59,6 +60,7 @@ def scoped_stack() -> Iterator[Stack]:
         {
             "SIDECAR_RESOURCES": RESOURCES,
             "SIDECAR_REGISTRATION_RATE_LIMIT": "1000",
+            "SIDECAR_ADVERTISE_OFFLINE_ACCESS": str(request.param != "default").lower(),
             **shared,
         },
     )

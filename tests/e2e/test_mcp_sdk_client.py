@@ -121,13 +121,15 @@ async def test_the_mcp_sdk_client_goes_from_the_bare_url_to_a_tool_call_and_refr
         assert storage.client is not None
         assert me["clientId"] == storage.client.client_id
         assert seen["iss"] == f"{base}/oauth"
-        assert "prompt=consent" in seen["authorize"]
         assert "resource=" in seen["authorize"]
-        # The resource needs no scope, so its metadata names none, and the SDK
-        # asks only for offline_access (which it adds when the server offers
-        # it), not for the server's whole list.
-        asked = parse_qs(urlsplit(seen["authorize"]).query)["scope"][0]
-        assert asked.split() == ["offline_access"]
+        # The resource needs no scope, so its metadata names none; the server
+        # does not list offline_access (the SDK would add it, and with it
+        # prompt=consent), so the SDK asks for no scope and no prompt, not for
+        # the server's whole list; the refresh token follows the
+        # refresh_token grant it registered.
+        query = parse_qs(urlsplit(seen["authorize"]).query)
+        assert "scope" not in query
+        assert "prompt" not in query
         first = storage.tokens
         assert first is not None
         assert first.refresh_token
@@ -146,8 +148,8 @@ async def test_the_mcp_sdk_client_goes_from_the_bare_url_to_a_tool_call_and_refr
     userinfo = httpx.get(
         f"{base}/oauth/userinfo", headers={"Authorization": f"Bearer {storage.tokens.access_token}"}
     )
-    # No email scope was asked for, so userinfo names the person and no more.
-    assert userinfo.json() == {"sub": user_id}
+    # No scope was asked for, so the default scopes apply (openid profile email).
+    assert userinfo.json() == {"sub": user_id, "email": browser.email, "name": "Grace Hopper"}
     assert browser.get("/api/auth/convex/token").status_code == 200
 
 
@@ -195,7 +197,7 @@ async def test_the_readme_resources_example_reaches_both_resources_with_step_up(
             me = await whoami(http, admin_url)
         asked = parse_qs(urlsplit(seen["authorize"]).query)["scope"][0].split()
         assert "mcp:admin" in asked  # the union: old scopes and the challenged one
-        assert "offline_access" in asked
+        assert "offline_access" not in asked  # not listed by the server, so not added
         assert storage.client.client_id == registered  # no new registration
         assert me["userId"] == user_id
         assert "mcp:admin" in me["scopes"].split()

@@ -299,7 +299,14 @@ def test_a_remembered_consent_skips_the_page_unless_prompt_consent(
     again = browser.get(client.authorize_url())
     assert again.status_code == 302
     assert "code" in query_of(again.headers["location"])
-    forced = browser.get(client.authorize_url(prompt="consent"))
+    # prompt=consent beside offline_access over what was allowed is
+    # satisfied by the remembered consent (OpenID Connect Core section 11):
+    # the MCP TypeScript SDK sends both on every connect.
+    offline = browser.get(client.authorize_url(prompt="consent"))
+    assert offline.status_code == 302
+    assert "code" in query_of(offline.headers["location"])
+    # Without offline_access it asks again.
+    forced = browser.get(client.authorize_url(prompt="consent", scope="openid profile email"))
     assert forced.status_code == 200  # shown once...
     done = browser.consent(forced)
     assert "code" in query_of(done.headers["location"])  # ...and no loop

@@ -426,6 +426,7 @@ class AuthorizationEndpoint:
                         LoginRequired("the user is not signed in"),
                         session.set_cookies,
                     )
+                authorization_outcome("login", client_family(client))
                 return self.login_redirect(pending, session.set_cookies)
             user = session.user
             if consent_may_be_skipped(prompt, pending["scope"]) and (
@@ -632,6 +633,10 @@ class AuthorizationEndpoint:
                 # Rebound to someone else between the read and the take.
                 return self.pages.error("Request refused", "The form could not be verified.", 403)
             # RFC 9700 section 4.12: 303 after a form POST.
+            client = await self.clients.get(pending["client_id"])
+            authorization_outcome(
+                "approved" if decision == "approve" else "denied", client_family(client)
+            )
             if decision == "deny":
                 from sidecar.oauth.errors import AccessDenied
 

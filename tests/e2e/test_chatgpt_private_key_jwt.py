@@ -29,6 +29,7 @@ from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from tests.e2e.conftest import Stack, start_stack
+from tests.observability.test_metrics import metrics_of, value
 from tests.support import fixtures
 from tests.support.certs import ThrowawayCA
 from tests.support.oauth import Browser, pkce_pair, query_of
@@ -134,6 +135,12 @@ def stack(ca: ThrowawayCA) -> Iterator[Stack]:
         {
             "SIDECAR_RESOURCES": "/api/mcp;scopes_supported=mcp:tools",
             "SIDECAR_CIMD_ALLOWED_HOSTS": "localhost",
+            # The tests' browsers come through a trusted proxy, each from its
+            # own address (X-Forwarded-For).
+            "SIDECAR_TRUSTED_PROXIES": "127.0.0.1",
+            # The product's defaults, which the test harness turns off.
+            "SIDECAR_RATE_LIMIT_PER_IP": "300",
+            "SIDECAR_RATE_LIMIT_PER_CLIENT": "600",
             # The documents' host is served with the test CA's certificate.
             "SSL_CERT_FILE": str(ca.path),
             **shared,
@@ -287,6 +294,104 @@ def test_chatgpt_goes_from_the_bare_mcp_url_to_a_tool_call_with_client_assertion
     person = browser.get("/api/auth/get-session").json()["user"]["id"]
     assert seen["userId"] == person
     assert seen["clientId"] == client_id
+    # A dashboard can tell this client's tokens apart: by its document host.
+    metrics = metrics_of(stack.sidecar)
+    assert value(metrics, "sidecar_tokens_total", event="issued", client_family="localhost") >= 1
+    assert value(metrics, "sidecar_tokens_total", event="refreshed", client_family="localhost") >= 2
+    assert value(metrics, "sidecar_authorizations_total", client_family="localhost") >= 1
+
+
+def test_a_popular_clients_users_behind_one_egress_are_not_throttled_as_one(
+    stack: Stack, chatgpt: ChatGPTSite
+) -> None:
+    """400 people's grants of one CIMD client, made from 400 browser
+    addresses, then redeemed and refreshed from one egress address within a
+    minute: no 429. 400 made-up refresh tokens from one address are."""
+    base = stack.sidecar.url
+    meta = httpx.get(base + "/.well-known/oauth-authorization-server/oauth").json()
+    client_id = chatgpt.url("/oauth/client-metadata.json")
+    sign = Assertions(chatgpt, client_id, meta["token_endpoint"])
+    browser = Browser(base).sign_up("Many Devices")
+    first, first_verifier = authorize(stack, browser, client_id, base + "/api/mcp")
+    codes = [(first, first_verifier)]
+    for n in range(399):
+        # The person's consent is remembered: each authorization is a 302
+        # with a new code, each from another browser address.
+        verifier, challenge = pkce_pair()
+        r = browser.get(
+            "/oauth/authorize",
+            params={
+                "response_type": "code",
+                "client_id": client_id,
+                "redirect_uri": CHATGPT_REDIRECT,
+                "code_challenge": challenge,
+                "code_challenge_method": "S256",
+                "scope": "mcp:tools",
+                "resource": base + "/api/mcp",
+            },
+            headers={"X-Forwarded-For": f"198.51.{n // 250}.{n % 250 + 1}"},
+        )
+        assert r.status_code == 302, r.text
+        codes.append((query_of(r.headers["location"])["code"], verifier))
+    egress = {"X-Forwarded-For": "203.0.113.7"}
+    statuses: Counter[int] = Counter()
+    refresh_tokens = []
+    with httpx.Client(base_url=base, headers=egress) as hosted:
+        for code, verifier in codes:
+            r = hosted.post(
+                "/oauth/token",
+                data={
+                    "grant_type": "authorization_code",
+                    "code": code,
+                    "code_verifier": verifier,
+                    "redirect_uri": CHATGPT_REDIRECT,
+                    "client_assertion_type": ASSERTION_TYPE,
+                    "client_assertion": sign.good(),
+                },
+            )
+            statuses[r.status_code] += 1
+            if r.status_code == 200:
+                refresh_tokens.append(r.json()["refresh_token"])
+        for token in refresh_tokens:
+            r = hosted.post(
+                "/oauth/token",
+                data={
+                    "grant_type": "refresh_token",
+                    "refresh_token": token,
+                    "client_assertion_type": ASSERTION_TYPE,
+                    "client_assertion": sign.good(),
+                },
+            )
+            statuses[r.status_code] += 1
+        assert statuses == Counter({200: 800})
+        guessed: Counter[int] = Counter()
+        with httpx.Client(base_url=base, headers={"X-Forwarded-For": "192.0.2.99"}) as guesser:
+            for _ in range(400):
+                r = guesser.post(
+                    "/oauth/token",
+                    data={
+                        "grant_type": "refresh_token",
+                        "refresh_token": f"{secrets.token_hex(16)}.{secrets.token_urlsafe(32)}",
+                        "client_id": "guessing-client",
+                    },
+                )
+                guessed[r.status_code] += 1
+        # rate_limit_per_ip (300) refusals, then 429 until the minute ends.
+        assert guessed[401] == 300, guessed
+        assert guessed[429] == 100, guessed
+        metrics = metrics_of(stack.sidecar)
+        assert value(metrics, "sidecar_rate_limited_total", limit="token-failures-ip") >= 100
+        # The hosted client's own address was never limited by the guessing.
+        r = hosted.post(
+            "/oauth/token",
+            data={
+                "grant_type": "refresh_token",
+                "refresh_token": refresh_tokens[0],
+                "client_assertion_type": ASSERTION_TYPE,
+                "client_assertion": sign.good(),
+            },
+        )
+        assert r.status_code in (200, 400), r.text  # refreshed again, or the grace answer
 
 
 def test_every_forged_assertion_is_refused_and_the_code_still_works_after(

@@ -64,7 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument(
         "--confidential", action="store_true", help="issue a secret (client_secret_basic)"
     )
-    add.add_argument("--scope", default=None)
+    add.add_argument(
+        "--jwks-uri",
+        default=None,
+        help="the client authenticates with private_key_jwt (RFC 7523), its public keys here",
+    )
+    add.add_argument("--scope", default=None, help="pin the client to these scopes")
     add.add_argument(
         "--token-exchange",
         action="store_true",
@@ -200,10 +205,18 @@ async def _clients(settings: Settings, args: argparse.Namespace) -> int:
                 if args.confidential
                 else "none",
             }
+            if args.jwks_uri:
+                if args.confidential:
+                    return fail("--jwks-uri and --confidential are two ways to authenticate", 1)
+                metadata["token_endpoint_auth_method"] = "private_key_jwt"
+                metadata["jwks_uri"] = args.jwks_uri
             if args.scope:
                 metadata["scope"] = args.scope
-            if args.token_exchange and not args.confidential:
-                return fail("--token-exchange needs --confidential (a client with a secret)", 1)
+            if args.token_exchange and not (args.confidential or args.jwks_uri):
+                return fail(
+                    "--token-exchange needs --confidential or --jwks-uri (an authenticated client)",
+                    1,
+                )
             try:
                 client, secret = client_from_metadata(metadata, settings.scopes, source="cli")
             except OAuthError as exc:

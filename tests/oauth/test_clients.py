@@ -76,7 +76,6 @@ def test_what_real_clients_register_is_accepted(uri: str) -> None:
 @pytest.mark.parametrize(
     "metadata",
     [
-        {"token_endpoint_auth_method": "private_key_jwt"},
         {"grant_types": ["implicit"]},
         {"response_types": ["token"]},
         {"scope": "admin"},
@@ -165,6 +164,65 @@ def test_the_clients_command_adds_lists_and_removes(tmp_path: Path) -> None:
     assert cli("add", "--name", "x", "--redirect-uri", "http://evil.test/").returncode == 1
     assert cli("remove", client_id).returncode == 0
     assert client_id not in cli("list").stdout
+    keyed = cli(
+        "add",
+        "--name",
+        "Keyed",
+        "--redirect-uri",
+        "https://tool.test/cb",
+        "--jwks-uri",
+        "https://tool.test/jwks.json",
+    )
+    assert keyed.returncode == 0, keyed.stderr
+    assert "client_secret" not in keyed.stdout  # its keys are its credential
+    assert "private_key_jwt" in cli("list").stdout
+    bad = cli(
+        "add", "--name", "x", "--redirect-uri", "https://tool.test/cb", "--jwks-uri", "ftp://x"
+    )
+    assert bad.returncode == 1
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"token_endpoint_auth_method": "private_key_jwt"},  # no keys: could never sign in
+        {"token_endpoint_auth_method": "private_key_jwt", "jwks": {"keys": []}},
+        {
+            "token_endpoint_auth_method": "private_key_jwt",
+            "jwks": {"keys": [{"kty": "oct", "k": "c2VjcmV0"}]},  # a shared secret is no key
+        },
+        {
+            "token_endpoint_auth_method": "private_key_jwt",
+            "jwks_uri": "https://x.test/jwks",
+            "token_endpoint_auth_signing_alg": "HS256",
+        },
+        {
+            "token_endpoint_auth_method": "private_key_jwt",
+            "jwks_uri": "https://x.test/jwks",
+            "jwks": {"keys": []},
+        },
+    ],
+)
+def test_private_key_jwt_without_usable_keys_is_refused(metadata: dict) -> None:
+    with pytest.raises(InvalidClientMetadata):
+        register(**metadata)
+
+
+def test_metadata_the_server_does_not_know_is_ignored() -> None:
+    # RFC 7591 section 2: unknown fields and grant types we do not offer are
+    # ignored (Lovable's and others' documents carry them).
+    client, _ = client_from_metadata(
+        {
+            "redirect_uris": ["https://app.example/cb"],
+            "grant_types": ["authorization_code", "refresh_token", "client_credentials"],
+            "response_types": ["code", "id_token"],
+            "logo_uri": "https://app.example/logo.png",
+            "software_statement": "eyJ...",
+            "tos_uri": "https://app.example/tos",
+        },
+        (),
+    )
+    assert client.grant_types == ["authorization_code", "refresh_token"]
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,8 @@ away cancels its upstream request.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from urllib.parse import urlsplit
@@ -21,11 +23,21 @@ from sidecar.config import Settings
 from sidecar.observability.context import context_of
 from sidecar.observability.metrics import UPSTREAM_ERRORS, UPSTREAM_SECONDS
 from sidecar.proxy.headers import client_response_headers, is_trusted, upstream_request_headers
-from sidecar.proxy.upstream import UpstreamClient, UpstreamError, UpstreamTimeout
+from sidecar.proxy.upstream import (
+    UpstreamClient,
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from sidecar.proxy.websocket import proxy_websocket
 from sidecar.server_protocol import ON_DISCONNECT
 
 log = structlog.get_logger("sidecar.proxy")
+
+# What the server's own writer refuses in a field (RFC 9110 section 5.5: CR,
+# LF and NUL above all).
+_UNSAFE_FIELD = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class ClientDisconnected(Exception):
@@ -170,7 +182,21 @@ class ProxyApp:
         upstream_seconds = time.perf_counter() - started
         ctx.upstream_ms = round(upstream_seconds * 1000, 3)
         UPSTREAM_SECONDS.observe(upstream_seconds)
+        try:
+            await self.relay(scope, send, response, ctx.request_id)
+        except asyncio.CancelledError:
+            if disconnected:
+                log.info("client disconnected; upstream request cancelled")
+                return
+            raise
+        finally:
+            # Every way out gives the connection back or closes it (a no-op
+            # once released): a lost slot is a later request's 504.
+            response.close()
 
+    async def relay(
+        self, scope: Scope, send: Send, response: UpstreamResponse, request_id: str
+    ) -> None:
         headers = client_response_headers(
             response.raw_headers,
             upstream_origin=self.upstream_origin,
@@ -179,11 +205,27 @@ class ProxyApp:
         )
         if cors := scope.get("sidecar_cors"):
             present = {name for name, _ in headers}
-            headers.extend((name, value) for name, value in cors if name not in present)
+            added = [(name, value) for name, value in cors if name not in present]
+            # RFC 9110 section 5.5: no control character (CR, LF, NUL above
+            # all) in a field. The upstream's own fields passed llhttp, which
+            # refuses them; what the proxy adds is checked here, before the
+            # status line is committed (the server would refuse it after).
+            if _UNSAFE_FIELD.search(b"".join(itertools.chain.from_iterable(added))):
+                await self.send_error(
+                    send,
+                    UpstreamUnavailable("response header with a control character refused"),
+                    request_id,
+                )
+                return
+            headers.extend(added)
+        status = response.status
+        if status in (204, 304):
+            # RFC 9110 sections 8.6 and 15.3.5: no body follows; a 304's
+            # length describes the 200's body, which the server would count
+            # as missing here.
+            headers = [(k, v) for k, v in headers if k != b"content-length"]
         try:
-            await send(
-                {"type": "http.response.start", "status": response.status, "headers": headers}
-            )
+            await send({"type": "http.response.start", "status": status, "headers": headers})
             finished = False
             if scope["method"] != "HEAD":
                 async for chunk in response.iter_body():
@@ -196,17 +238,15 @@ class ProxyApp:
             if not finished:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             response.release()
-        except asyncio.CancelledError:
-            response.close()
-            if disconnected:
-                log.info("client disconnected; upstream request cancelled")
-                return
-            raise
         except UpstreamError as exc:
             # Headers are gone already; all we can do is cut the connection.
-            response.close()
             log.warning("upstream broke off mid-response", error=str(exc))
             raise
+        except RuntimeError as exc:
+            # The server refused a message it was given (uvicorn: "Response
+            # content longer than Content-Length"); it closes the client's
+            # connection, the upstream's is closed by the caller.
+            log.warning("response refused by the server", error=str(exc))
 
     @staticmethod
     async def send_error(send: Send, exc: UpstreamError, request_id: str) -> None:

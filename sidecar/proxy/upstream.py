@@ -19,7 +19,16 @@ from urllib.parse import urlsplit
 import aiohttp
 from yarl import URL
 
-from sidecar.proxy.h1 import IDEMPOTENT, ConnectionFailed, H1Connection, H1Pool, request_head
+from sidecar.proxy.h1 import (
+    DONE,
+    IDEMPOTENT,
+    MAX_HEAD_BYTES,
+    ConnectionFailed,
+    H1Connection,
+    H1Pool,
+    UnsafeHead,
+    request_head,
+)
 
 
 class UpstreamError(Exception):
@@ -102,9 +111,9 @@ class UpstreamResponse:
         if not self._done:
             self._done = True
             conn = self._conn
-            reusable = (
-                conn.complete and conn.error is None and self._method != "HEAD" and conn.keep_alive
-            )
+            # A HEAD answer's Content-Length describes a body never sent: its
+            # connection's framing is unknown, never reused.
+            reusable = conn.state is DONE and self._method != "HEAD" and conn.keep_alive
             self._pool.release(conn, reusable=reusable)
 
     async def __aenter__(self) -> UpstreamResponse:
@@ -123,7 +132,9 @@ class UpstreamResponse:
 
 
 class UpstreamClient:
-    """One shared connection pool to the upstream, opened in the lifespan."""
+    """One shared connection pool to the upstream, opened in the lifespan.
+    ``max_head_bytes`` caps a response head: one larger is a 502 and its
+    connection is closed."""
 
     def __init__(
         self,
@@ -133,6 +144,7 @@ class UpstreamClient:
         connect_timeout: float = 5.0,
         response_timeout: float = 60.0,
         ca_file: str | None = None,
+        max_head_bytes: int = MAX_HEAD_BYTES,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         # An https upstream (Better Auth on <deployment>.convex.site) is
@@ -144,6 +156,7 @@ class UpstreamClient:
         self.pool_size = pool_size
         self.connect_timeout = connect_timeout
         self.response_timeout = response_timeout
+        self.max_head_bytes = max_head_bytes
         self._session: aiohttp.ClientSession | None = None
         self._pool: H1Pool | None = None
 
@@ -167,6 +180,7 @@ class UpstreamClient:
             ssl_context=context,
             size=self.pool_size,
             connect_timeout=self.connect_timeout,
+            max_head_bytes=self.max_head_bytes,
         )
         # WebSockets still go through aiohttp's client.
         connector = aiohttp.TCPConnector(
@@ -216,7 +230,11 @@ class UpstreamClient:
         """
         pool = self.pool
         chunked = body is not None and not any(k == "content-length" for k, _ in headers)
-        head = request_head(method, target, headers, chunked)
+        try:
+            head = request_head(method, target, headers, chunked)
+        except UnsafeHead as exc:
+            # Never written: the value would end its line and begin another.
+            raise UpstreamUnavailable(f"request refused before sending: {exc}") from exc
         for attempt in (1, 2):
             try:
                 conn = await pool.acquire()

@@ -25,12 +25,17 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+Answer = bytes | None | tuple[bytes, bytes]
+
+
 class ScriptedUpstream:
     """Reads each request (head, then a Content-Length or chunked body) and
     answers with the next scripted bytes; ``None`` closes the connection
-    without answering. Counts connections and keeps what it received."""
+    without answering; ``(answer, stray)`` writes ``stray`` a moment after
+    the answer, while the connection sits idle. Counts connections and keeps
+    what it received."""
 
-    def __init__(self, answers: list[bytes | None]) -> None:
+    def __init__(self, answers: list[Answer]) -> None:
         self.answers = list(answers)
         self.connections = 0
         self.requests: list[bytes] = []
@@ -71,8 +76,15 @@ class ScriptedUpstream:
                 answer = self.answers.pop(0)
                 if answer is None:
                     break
+                stray = b""
+                if isinstance(answer, tuple):
+                    answer, stray = answer
                 writer.write(answer)
                 await writer.drain()
+                if stray:
+                    await asyncio.sleep(0.05)
+                    writer.write(stray)
+                    await writer.drain()
                 if b"connection: close" in answer.lower():
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -106,7 +118,7 @@ def scripted() -> Iterator[list[ScriptedUpstream]]:
         s.close()
 
 
-def upstream(scripted: list[ScriptedUpstream], *answers: bytes | None) -> ScriptedUpstream:
+def upstream(scripted: list[ScriptedUpstream], *answers: Answer) -> ScriptedUpstream:
     s = ScriptedUpstream(list(answers))
     scripted.append(s)
     return s
@@ -258,6 +270,155 @@ async def test_request_bodies_are_sent_as_given_or_chunked(
     assert second.endswith(b"\r\n\r\none two")  # as the upstream reassembled it
 
 
+# -- one answer per request: nothing else may ever reach a request -------------------
+
+FORGED = b"HTTP/1.1 200 OK\r\nSet-Cookie: stolen=1\r\nContent-Length: 6\r\n\r\nforged"
+
+
+async def test_bytes_that_arrive_on_an_idle_connection_close_it_and_are_nobodys_answer(
+    scripted: list[ScriptedUpstream],
+) -> None:
+    server = upstream(scripted, (OK, FORGED), b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nmine")
+    client = UpstreamClient(server.url)
+    await client.open()
+    try:
+        assert await fetch(client) == (200, b"ok")
+        await asyncio.sleep(0.2)  # the stray answer arrives while it is idle
+        assert await fetch(client) == (200, b"mine")
+    finally:
+        await client.close()
+    assert server.connections == 2
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "body"),
+    [
+        (b"HTTP/1.1 204 No Content\r\n\r\n" + FORGED, 204, b""),
+        (b"HTTP/1.1 304 Not Modified\r\n\r\n" + FORGED, 304, b""),
+        (OK + FORGED, 200, b"ok"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokAND MORE", 200, b"ok"),
+        (OK.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n") + FORGED, 200, b"ok"),
+    ],
+    ids=["204", "304", "content-length", "garbage", "connection-close"],
+)
+async def test_bytes_past_the_end_of_an_answer_never_reach_the_next_request(
+    scripted: list[ScriptedUpstream], answer: bytes, status: int, body: bytes
+) -> None:
+    server = upstream(scripted, answer, OK)
+    client = UpstreamClient(server.url)
+    await client.open()
+    try:
+        response = await client.request("GET", "/", [("host", "upstream")])
+        assert response.status == status
+        assert response.set_cookies() == []
+        assert await response.read() == body
+        response.release()
+        assert await fetch(client) == (200, b"ok")
+        assert client.pool.slots._value == client.pool_size
+    finally:
+        await client.close()
+    assert server.connections == 2  # the first connection was not reused
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n" + FORGED,
+        b"HTTP/1.1 101 Switching Protocols\r\n\r\n" + FORGED,
+    ],
+    ids=["with-upgrade", "bare"],
+)
+async def test_a_101_to_a_plain_get_is_an_upstream_error_and_no_exception_reaches_the_loop(
+    scripted: list[ScriptedUpstream], answer: bytes
+) -> None:
+    errors: list[dict[str, object]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+    server = upstream(scripted, answer, OK)
+    client = UpstreamClient(server.url)
+    await client.open()
+    try:
+        with pytest.raises(UpstreamUnavailable, match="101"):
+            await client.request("GET", "/", [("host", "upstream")])
+        await asyncio.sleep(0.05)
+        assert await fetch(client) == (200, b"ok")
+    finally:
+        await client.close()
+    assert errors == []
+    assert server.connections == 2
+
+
+@pytest.mark.parametrize(
+    "pad",
+    [
+        b"X-Pad: %b\r\n" % (b"p" * 20_000),  # one read, past the cap
+        b"".join(b"X-Pad-%d: %b\r\n" % (n, b"p" * 1000) for n in range(2000)),  # 2 MB
+    ],
+    ids=["one-large-field", "endless-head"],
+)
+async def test_a_response_head_over_the_cap_is_an_upstream_error_and_its_connection_closed(
+    scripted: list[ScriptedUpstream], pad: bytes
+) -> None:
+    server = upstream(scripted, b"HTTP/1.1 200 OK\r\n" + pad + b"Content-Length: 2\r\n\r\nok", OK)
+    client = UpstreamClient(server.url)
+    await client.open()
+    try:
+        with pytest.raises(UpstreamUnavailable, match="larger than 16384"):
+            await client.request("GET", "/", [("host", "upstream")])
+        assert await fetch(client) == (200, b"ok")
+    finally:
+        await client.close()
+    assert server.connections == 2
+
+
+async def test_a_head_just_under_the_cap_is_read(scripted: list[ScriptedUpstream]) -> None:
+    pad = b"X-Pad: %b\r\n" % (b"p" * 16000)
+    server = upstream(scripted, b"HTTP/1.1 200 OK\r\n" + pad + b"Content-Length: 2\r\n\r\nok")
+    client = UpstreamClient(server.url)
+    await client.open()
+    try:
+        assert await fetch(client) == (200, b"ok")
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "headers"),
+    [
+        ("GET", "/", [("x-name", "alice\r\nX-Admin: 1")]),
+        ("GET", "/", [("cookie", "a=1\nGET /admin HTTP/1.1")]),
+        ("GET", "/", [("x-name", "nul\x00")]),
+        ("GET", "/", [("x-evil\r\nx-admin", "1")]),
+        ("GET", "/a\r\nX-Admin: 1", []),
+        ("GET", "/a HTTP/1.1\r\n", []),
+        ("GET / HTTP/1.1\r\n\r\nGET", "/", []),
+        ("GET", "/", [("x-name", "\u0100 outside latin-1")]),
+    ],
+    ids=[
+        "crlf-value",
+        "lf-value",
+        "nul-value",
+        "crlf-name",
+        "crlf-target",
+        "space-target",
+        "crlf-method",
+        "not-latin-1",
+    ],
+)
+async def test_a_request_head_with_cr_lf_or_nul_is_refused_and_never_written(
+    scripted: list[ScriptedUpstream], method: str, target: str, headers: list[tuple[str, str]]
+) -> None:
+    server = upstream(scripted, OK, OK)
+    client = UpstreamClient(server.url)
+    await client.open()
+    try:
+        with pytest.raises(UpstreamUnavailable, match="refused"):
+            await client.request(method, target, [("host", "upstream"), *headers])
+        assert await fetch(client) == (200, b"ok")
+    finally:
+        await client.close()
+    assert len(server.requests) == 1  # only the good one
+
+
 # -- properties: any body, any chunking, any split on the wire ----------------------------
 
 
@@ -311,6 +472,7 @@ def test_any_body_in_any_chunking_split_anywhere_comes_out_whole(
     async def run() -> bytes:
         conn = H1Connection(asyncio.get_running_loop())
         conn.connection_made(FakeTransport())
+        conn.begin()  # a request was sent: its answer may come
         offset = 0
         for cut in sorted(set(cuts)):
             if cut >= len(wire):
@@ -340,6 +502,7 @@ def test_the_rest_and_the_end_arriving_while_a_chunk_is_sent_are_not_lost(
     async def run() -> bytes:
         conn = H1Connection(asyncio.get_running_loop())
         conn.connection_made(FakeTransport())
+        conn.begin()  # a request was sent: its answer may come
         conn.data_received(head + body[:cut])
         await conn.head
         got = b""

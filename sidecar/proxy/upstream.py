@@ -1,6 +1,6 @@
 """The one place that talks HTTP to the upstream app.
 
-The upstream client is the proxy's hot spot (REFERENCES.md: httpx's own
+The upstream client is the proxy's hot spot (httpx's own
 transport reached about 300 req/s as a proxy client here, aiohttp's about
 2,700), so it sits behind this small interface: HTTP requests go through the
 pooled HTTP/1.1 client of :mod:`sidecar.proxy.h1` (README, "Performance":

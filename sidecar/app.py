@@ -144,6 +144,7 @@ class SidecarApp:
             connect_timeout=settings.upstream_connect_timeout,
             response_timeout=settings.upstream_response_timeout,
             ca_file=settings.upstream_ca_file or None,
+            max_head_bytes=settings.max_header_bytes,
         )
         try:
             self.store: Store = InstrumentedStore(open_store(settings.store_url))

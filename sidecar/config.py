@@ -121,7 +121,7 @@ class Settings:
     max_registration_bytes: int = 16384
     max_redirect_uris: int = 20
     max_query_bytes: int = 8192  # on the sidecar's own routes
-    max_header_bytes: int = 16384  # on the sidecar's own and guarded routes
+    max_header_bytes: int = 16384  # request heads on own and guarded routes; upstream answer heads
     body_timeout: float = 10.0  # to receive a whole OAuth request body
     idle_timeout: float = 15.0  # an idle kept-alive connection is closed after this
     header_timeout: float = 10.0  # to receive a request's headers (slowloris)

@@ -6,7 +6,7 @@ mode: a PEM or JWK file (``signing_key_file``), or keys the sidecar generates
 and keeps in ``data_dir/signing-keys.json`` (mode 0600), rotated with
 ``sidecar keys rotate``. Keys are parsed once at start (and again only when
 the key file changes), never per request: loading a PEM costs ~45 ms, a
-signature ~0.4 ms (REFERENCES.md).
+signature ~0.4 ms (RSA-2048 with `cryptography`, measured here).
 """
 
 from __future__ import annotations

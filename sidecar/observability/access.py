@@ -1,7 +1,7 @@
 """Plain ASGI middleware: request id, one access log line per request.
 
 Plain ASGI rather than BaseHTTPMiddleware: that one breaks streaming and
-contextvars (see STYLE.md).
+contextvars (Starlette documents both).
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ class SessionBridge:
             )
         except (jwt.PyJWTError, KeyError, ValueError, TypeError):
             return None
-        # An OAuth access token of ours is never a session (DESIGN.md).
+        # An OAuth access token of ours is never a session (README, "Security").
         if header.get("typ") == "at+jwt":
             return None
         if not user_id_is_safe(str(claims["sub"])):

@@ -142,11 +142,14 @@ def main() -> int:
             "nginx",
             "workers",
             "image",
+            "client-auth",
         ],
         default=None,
     )
     parser.add_argument(
-        "--baseline", default=None, help="(e, f, g) also measure the sidecar as it was at this rev"
+        "--baseline",
+        default=None,
+        help="(e, f, g, i) also measure the sidecar as it was at this rev",
     )
     args = parser.parse_args()
     levels = [1, 16, 64]
@@ -225,6 +228,13 @@ def main() -> int:
                 run_workers(args.seconds)
             else:
                 print("\n(h) skipped: needs wrk")
+        if args.only in (None, "client-auth"):
+            if shutil.which("wrk"):
+                from bench.client_auth import run as run_client_auth
+
+                run_client_auth(args.seconds, args.baseline)
+            else:
+                print("\n(i) skipped: needs wrk")
         if args.only in (None, "image"):
             from bench.image import run as run_image
 

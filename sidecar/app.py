@@ -44,7 +44,7 @@ from sidecar.proxy.http import ProxyApp
 from sidecar.proxy.upstream import UpstreamClient
 from sidecar.session import SessionBridge
 from sidecar.store import Store, open_store
-from sidecar.store.base import InstrumentedStore
+from sidecar.store.instrumented import InstrumentedStore
 
 log = structlog.get_logger("sidecar")
 

@@ -7,13 +7,9 @@ no client can blow up the number of series.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-
-T = TypeVar("T")
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -97,19 +93,6 @@ def token_event(event: str, reason: str = "", family: str = "") -> None:
 
 def authorization_outcome(outcome: str, family: str = "") -> None:
     AUTHORIZATIONS.labels(outcome=outcome, client_family=family).inc()
-
-
-async def timed_store(op: str, call: Callable[[], Awaitable[T]]) -> T:
-    from sidecar.store.base import StoreUnavailable
-
-    started = time.perf_counter()
-    try:
-        return await call()
-    except StoreUnavailable:
-        STORE_ERRORS.labels(op=op).inc()
-        raise
-    finally:
-        STORE_SECONDS.labels(op=op).observe(time.perf_counter() - started)
 
 
 def metrics_listener_error(host: str, port: int, exc: OSError) -> str:

@@ -14,6 +14,7 @@ from sidecar.store.base import Record
 class MemoryStore:
     def __init__(self) -> None:
         self._data: dict[tuple[str, str], tuple[Record, float | None]] = {}
+        self._collections: dict[tuple[str, str], dict[str, tuple[Record, float | None]]] = {}
 
     async def open(self) -> None:
         return None
@@ -82,3 +83,27 @@ class MemoryStore:
             for (n, key) in list(self._data)
             if n == ns and (value := self._live(n, key)) is not None
         ]
+
+    async def add_member(
+        self, ns: str, key: str, member: str, value: Record, ttl: float | None = None
+    ) -> None:
+        expires = time.time() + ttl if ttl is not None else None
+        self._collections.setdefault((ns, key), {})[member] = (copy.deepcopy(value), expires)
+
+    async def remove_member(self, ns: str, key: str, member: str) -> None:
+        collection = self._collections.get((ns, key))
+        if collection is not None:
+            collection.pop(member, None)
+            if not collection:
+                del self._collections[(ns, key)]
+
+    async def members(self, ns: str, key: str) -> list[tuple[str, Record]]:
+        collection = self._collections.get((ns, key))
+        if collection is None:
+            return []
+        now = time.time()
+        for member in [m for m, (_, e) in collection.items() if e is not None and e <= now]:
+            del collection[member]
+        if not collection:
+            del self._collections[(ns, key)]
+        return [(member, copy.deepcopy(value)) for member, (value, _) in sorted(collection.items())]

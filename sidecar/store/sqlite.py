@@ -4,6 +4,10 @@ All statements run on one dedicated thread with one connection, so each
 operation is a transaction that no other operation interleaves with: swap and
 take are atomic across every concurrent request of the process. Expired
 records are invisible at once and purged every minute.
+
+A collection is the rows of ``members`` under one ``(ns, key)``: the primary
+key is the index its reads walk. The schema is created with ``IF NOT
+EXISTS``, so a database of the previous release gains the table on open.
 """
 
 from __future__ import annotations
@@ -30,6 +34,15 @@ CREATE TABLE IF NOT EXISTS records (
     PRIMARY KEY (ns, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS records_expiry ON records (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS members (
+    ns TEXT NOT NULL,
+    key TEXT NOT NULL,
+    member TEXT NOT NULL,
+    value TEXT NOT NULL,
+    expires_at REAL,
+    PRIMARY KEY (ns, key, member)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS members_expiry ON members (expires_at) WHERE expires_at IS NOT NULL;
 """
 
 LIVE = "(expires_at IS NULL OR expires_at > ?)"
@@ -86,11 +99,15 @@ class SQLiteStore:
 
     async def purge_expired(self) -> int:
         def purge() -> int:
+            now = time.time()
             cur = self._db.execute(
-                "DELETE FROM records WHERE expires_at IS NOT NULL AND expires_at <= ?",
-                (time.time(),),
+                "DELETE FROM records WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,)
             )
-            return cur.rowcount
+            purged = cur.rowcount
+            cur = self._db.execute(
+                "DELETE FROM members WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,)
+            )
+            return purged + cur.rowcount
 
         result: int = await self._run(purge)
         return result
@@ -198,6 +215,37 @@ class SQLiteStore:
                 (ns, time.time()),
             ).fetchall()
             return [(k, json.loads(v)) for k, v in rows]
+
+        result: list[tuple[str, Record]] = await self._run(op)
+        return result
+
+    async def add_member(
+        self, ns: str, key: str, member: str, value: Record, ttl: float | None = None
+    ) -> None:
+        expires = time.time() + ttl if ttl is not None else None
+        await self._run(
+            lambda: self._db.execute(
+                "INSERT OR REPLACE INTO members (ns, key, member, value, expires_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (ns, key, member, json.dumps(value, separators=(",", ":")), expires),
+            )
+        )
+
+    async def remove_member(self, ns: str, key: str, member: str) -> None:
+        await self._run(
+            lambda: self._db.execute(
+                "DELETE FROM members WHERE ns = ? AND key = ? AND member = ?", (ns, key, member)
+            )
+        )
+
+    async def members(self, ns: str, key: str) -> list[tuple[str, Record]]:
+        def op() -> list[tuple[str, Record]]:
+            rows = self._db.execute(
+                "SELECT member, value FROM members"  # noqa: S608
+                f" WHERE ns = ? AND key = ? AND {LIVE} ORDER BY member",
+                (ns, key, time.time()),
+            ).fetchall()
+            return [(m, json.loads(v)) for m, v in rows]
 
         result: list[tuple[str, Record]] = await self._run(op)
         return result

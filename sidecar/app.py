@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sidecar.config import ConfigError, Resource, Settings
+from sidecar.config import ConfigError, Settings, check_serving
 from sidecar.convex import ConvexTokens
 from sidecar.gateway import Gateway
 from sidecar.keys import load_keyset
@@ -42,96 +42,14 @@ from sidecar.observability.metrics import (
 )
 from sidecar.proxy.http import ProxyApp
 from sidecar.proxy.upstream import UpstreamClient
+from sidecar.routes import RouteTable, check_served_as_configured, discovery_paths, prm_paths
 from sidecar.session import SessionBridge
 from sidecar.store import Store, open_store
 from sidecar.store.instrumented import InstrumentedStore
 
 log = structlog.get_logger("sidecar")
 
-OAUTH_PREFIX = "/oauth"
 KEY_AGE_EVERY = 5.0  # seconds between updates of the signing key's age
-
-
-def discovery_paths() -> list[str]:
-    """Where clients look for the metadata of issuer <origin>/oauth, in the
-    order they try (DESIGN.md), plus the older issuer-relative form."""
-    return [
-        "/.well-known/oauth-authorization-server/oauth",
-        "/.well-known/openid-configuration/oauth",
-        "/oauth/.well-known/openid-configuration",
-        "/oauth/.well-known/oauth-authorization-server",
-    ]
-
-
-def prm_paths(settings: Settings) -> dict[str, Resource]:
-    """RFC 9728 section 3.1: the path-inserted well-known URL of each
-    resource served on the public origin -> the resource."""
-    paths = {}
-    resources = settings.resources or (settings.default_resource,)
-    for resource in resources:
-        if not settings.on_public_origin(resource):
-            continue
-        path = resource.path.rstrip("/")
-        paths["/.well-known/oauth-protected-resource" + path] = resource
-    return paths
-
-
-def ingress_routes(settings: Settings) -> tuple[list[str], list[str]]:
-    """What an ingress that routes only the sidecar's paths must send to it:
-    (path prefixes, exact paths). Everything else can go straight to the app.
-    Metadata-only resources are the app's to serve, so they are not listed."""
-    prefixes = [OAUTH_PREFIX]
-    for resource in settings.resources:
-        if resource.mode == "enforce" and settings.on_public_origin(resource):
-            prefixes.append(resource.path.rstrip("/"))
-    exact = [p for p in discovery_paths() if not p.startswith(OAUTH_PREFIX + "/")]
-    exact += list(prm_paths(settings))
-    return prefixes, exact
-
-
-class RouteTable:
-    """Which paths the sidecar owns; everything else is the upstream's."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.exact: set[str] = set(discovery_paths()) | set(prm_paths(settings))
-        self.prefixes: tuple[str, ...] = (OAUTH_PREFIX + "/",)
-        self.settings = settings
-
-    def owns(self, path: str) -> bool:
-        return path == OAUTH_PREFIX or path.startswith(self.prefixes) or path in self.exact
-
-    def classify(self, path: str) -> str:
-        if path.startswith(("/oauth/healthz", "/oauth/readyz")):
-            return "health"
-        return "oauth" if self.owns(path) else "proxy"
-
-
-def check_served_as_configured(settings: Settings, routes: RouteTable, gateway: Gateway) -> None:
-    """Fail closed: every resource on the public origin has its metadata
-    served here, and every enforced one is guarded by the gateway; where the
-    configuration and what would be served disagree, start-up stops."""
-    for resource in settings.resources:
-        if not settings.on_public_origin(resource):
-            continue
-        prm = "/.well-known/oauth-protected-resource" + resource.path.rstrip("/")
-        if not routes.owns(prm):
-            raise ConfigError("resources", f"the metadata of {resource.url} would not be served")
-        if resource.mode != "enforce":
-            continue
-        for path in (resource.path, resource.path.rstrip("/") + "/x"):
-            if routes.owns(path):
-                raise ConfigError(
-                    "resources",
-                    f"{resource.url} would be served unguarded: its path {resource.path} "
-                    "belongs to the sidecar's own routes",
-                )
-            if gateway.match(path) is not resource:
-                raise ConfigError(
-                    "resources",
-                    f"{resource.url} would be served unguarded: its path {resource.path} "
-                    "resolves differently under different routers (a dot segment, an "
-                    "encoded separator or a ';')",
-                )
 
 
 class SidecarApp:
@@ -150,12 +68,7 @@ class SidecarApp:
             self.store: Store = InstrumentedStore(open_store(settings.store_url))
         except ValueError as exc:
             raise ConfigError("store_url", str(exc)) from None
-        if settings.jwks and not settings.session_issuer:
-            raise ConfigError(
-                "session_issuer",
-                "JWKS is set, so the session JWT issuer is "
-                "needed too: set CONVEX_SITE_URL or SIDECAR_SESSION_ISSUER",
-            )
+        check_serving(settings)
         self.keys = load_keyset(settings)
         self.documents = MetadataDocuments(settings, self.store)
         self.clients = ClientRegistry(self.store, self.documents)

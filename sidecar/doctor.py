@@ -25,6 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 
 from sidecar.oauth.clients import is_loopback
+from sidecar.routes import prm_path
 from sidecar.urls import InvalidURL, canonical_url
 
 DOCTOR_ORIGIN = "https://doctor.invalid"  # a page on another origin, as a browser client is
@@ -159,10 +160,7 @@ class Doctor:
     # -- 2. protected resource metadata -------------------------------------------------
 
     def resource_metadata(self) -> bool:
-        path = urlsplit(self.url).path.rstrip("/")
-        where = self.challenge.get("resource_metadata") or (
-            f"{self.origin}/.well-known/oauth-protected-resource{path}"
-        )
+        where = self.challenge.get("resource_metadata") or self.origin + prm_path(self.url)
         r = self.http.get(where)
         if r.status_code != 200:
             return self.report.add(

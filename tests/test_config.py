@@ -119,6 +119,39 @@ def test_the_example_file_documents_every_key_and_loads() -> None:
     load_settings(EXAMPLE, env={})
 
 
+def test_every_key_is_declared_once_with_a_parser_and_an_environment_name() -> None:
+    import dataclasses
+
+    from sidecar.config import Settings, env_names
+
+    text = EXAMPLE.read_text()
+    for field in dataclasses.fields(Settings):
+        assert callable(field.metadata.get("parse")), field.name
+        names = env_names(field.name)
+        assert names, field.name
+        assert all(name.isupper() and name.isidentifier() for name in names), names
+        assert f"# {field.name} =" in text or f"\n{field.name} =" in text, field.name
+        for name in names:  # SIDECAR_<KEY> is the documented rule; others are noted
+            assert name == f"SIDECAR_{field.name.upper()}" or name in text, (field.name, name)
+
+
+def test_a_default_scope_that_is_not_a_scope_name_names_default_scopes() -> None:
+    with pytest.raises(ConfigError) as error:
+        load_settings(env={"SIDECAR_DEFAULT_SCOPES": 'openid mcp"tools'})
+    assert error.value.key == "default_scopes"
+
+
+def test_serving_with_a_static_jwks_needs_the_session_issuer() -> None:
+    from sidecar.config import check_serving
+
+    settings = load_settings(env={"JWKS": "[]"})  # reading keys alone needs no issuer
+    with pytest.raises(ConfigError) as error:
+        check_serving(settings)
+    assert error.value.key == "session_issuer"
+    assert "CONVEX_SITE_URL" in error.value.message
+    check_serving(load_settings(env={"JWKS": "[]", "CONVEX_SITE_URL": "https://x.convex.site"}))
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "sidecar", *args],

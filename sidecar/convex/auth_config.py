@@ -28,8 +28,7 @@ def jwks_data_uri(keyset: KeySet) -> str:
 def providers(settings: Settings, keyset: KeySet) -> list[dict[str, str]]:
     audiences = [settings.convex_audience]
     if settings.forward_access_token:
-        resources = settings.resources or (settings.default_resource,)
-        audiences += [r.url for r in resources if r.mode == "enforce"]
+        audiences += [r.url for r in settings.known_resources if r.mode == "enforce"]
     return [
         {
             "type": "customJwt",

@@ -44,6 +44,7 @@ from sidecar.oauth.errors import InvalidToken
 from sidecar.oauth.grants import Grants
 from sidecar.observability.metrics import token_event
 from sidecar.proxy.http import ProxyApp
+from sidecar.routes import prm_path
 from sidecar.store import StoreUnavailable
 from sidecar.urls import TooManySpellings, is_ambiguous, path_spellings, resource_path
 
@@ -154,10 +155,7 @@ class Gateway:
         await send({"type": "http.response.body", "body": b""})
 
     def prm_url(self, resource: Resource) -> str:
-        return (
-            f"{self.settings.public_url}/.well-known/oauth-protected-resource"
-            f"{resource.path.rstrip('/')}"
-        )
+        return self.settings.public_url + prm_path(resource)
 
     async def __call__(
         self, target: Resource | Ambiguous, scope: Scope, receive: Receive, send: Send

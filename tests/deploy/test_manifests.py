@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import yaml
 
-from sidecar.app import ingress_routes
 from sidecar.cli import build_parser
 from sidecar.config import Settings, env_names, load_settings
 from sidecar.observability.health import LIVE_PATH, READY_PATH
+from sidecar.routes import ingress_routes
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -4,10 +4,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from starlette.types import Send
+
+# The server protocol's disconnect callback (sidecar/runtime/protocol.py): an
+# app may put a callable in the scope under this key, present (None) in every
+# scope that protocol makes; it is called when the connection is lost before
+# the response is complete.
+ON_DISCONNECT = "sidecar.on_disconnect"
+
+DisconnectCallback = Callable[[], None]
 
 
 async def send_json(

@@ -131,10 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = _load(args)
         if args.command == "serve":
             if settings.workers > 1:
-                from sidecar.supervisor import serve_workers
+                from sidecar.runtime.workers import serve_workers
 
                 return serve_workers(settings)
-            from sidecar.server import serve
+            from sidecar.runtime.server import serve
 
             return serve(settings)
         if args.command == "check-config":

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import structlog
 from starlette.types import Receive, Scope, Send
 
-from sidecar.asgi import send_json
+from sidecar.asgi import ON_DISCONNECT, send_json
 from sidecar.config import Settings
 from sidecar.observability.context import context_of
 from sidecar.observability.metrics import UPSTREAM_ERRORS, UPSTREAM_SECONDS
@@ -31,7 +31,6 @@ from sidecar.proxy.upstream import (
     UpstreamUnavailable,
 )
 from sidecar.proxy.websocket import proxy_websocket
-from sidecar.server_protocol import ON_DISCONNECT
 
 log = structlog.get_logger("sidecar.proxy")
 
@@ -117,7 +116,7 @@ class ProxyApp:
                     main_task.cancel()
 
         # The sidecar's server calls back when the connection is lost
-        # (sidecar/server_protocol.py): no task parked on receive() for each
+        # (sidecar/runtime/protocol.py): no task parked on receive() for each
         # request. Under another ASGI server the upstream request would run
         # on to its answer or the response timeout.
         if ON_DISCONNECT in scope:

@@ -30,7 +30,7 @@ from uvicorn.server import ServerState
 from sidecar.config import Settings
 from sidecar.proxy.http import ProxyApp
 from sidecar.proxy.upstream import UpstreamClient
-from sidecar.server_protocol import sidecar_protocol
+from sidecar.runtime.protocol import sidecar_protocol
 
 # What an attacker wants a victim to receive: never anyone's answer.
 FORGED = (

@@ -15,9 +15,9 @@ import uvicorn
 
 from sidecar.app import create_app
 from sidecar.config import Settings
-from sidecar.memory import tune_malloc
 from sidecar.observability.logging import configure_logging
-from sidecar.server_protocol import sidecar_protocol
+from sidecar.runtime.allocator import tune_malloc
+from sidecar.runtime.protocol import sidecar_protocol
 
 
 def uvicorn_config(settings: Settings) -> uvicorn.Config:

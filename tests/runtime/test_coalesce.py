@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from sidecar.coalesce import CoalescingTransport
+from sidecar.runtime.coalesce import CoalescingTransport
 
 
 class Recording:

@@ -1,4 +1,4 @@
-"""The allocator thresholds the sidecar sets at start-up (sidecar/memory.py):
+"""The allocator thresholds the sidecar sets at start-up (sidecar/runtime/allocator.py):
 large body pieces, freed and taken again as responses come and go, no longer
 cost fresh pages each time."""
 
@@ -15,7 +15,7 @@ import pytest
 CHURN = """
 import resource, sys
 if sys.argv[1] == "tuned":
-    from sidecar.memory import tune_malloc
+    from sidecar.runtime.allocator import tune_malloc
     assert tune_malloc()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(30):
@@ -43,7 +43,7 @@ def test_large_pieces_reuse_the_heap_instead_of_fresh_pages() -> None:
 
 
 def test_elsewhere_nothing_is_changed(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sidecar import memory
+    from sidecar.runtime import allocator as memory
 
     monkeypatch.setattr(memory.platform, "libc_ver", lambda: ("", ""))
     assert memory.tune_malloc() is False

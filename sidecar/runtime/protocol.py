@@ -8,7 +8,7 @@ three additions.
   request headers have not all arrived ``header_timeout`` seconds after the
   connection opened, or after the read in which the request began, is
   closed.
-- **One send per turn of the event loop** (:mod:`sidecar.coalesce`): a
+- **One send per turn of the event loop** (:mod:`sidecar.runtime.coalesce`): a
   small response leaves in one writev, as nginx sends it, not two sends.
 - **A disconnect callback.** ASGI tells an app that its client went away only
   through ``receive()``, so an app that must stop work at once (the proxy
@@ -22,16 +22,12 @@ three additions.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from sidecar.coalesce import CoalescingTransport
-
-ON_DISCONNECT = "sidecar.on_disconnect"
-
-DisconnectCallback = Callable[[], None]
+from sidecar.asgi import ON_DISCONNECT, DisconnectCallback
+from sidecar.runtime.coalesce import CoalescingTransport
 
 
 class MalformedRequest(Exception):

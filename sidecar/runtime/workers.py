@@ -8,6 +8,30 @@ metrics listener, adding up the workers' counters with prometheus-client's
 multiprocess mode. State that must hold across workers lives in the store, as
 across replicas: every store but ``memory://`` is shared (config refuses that
 one with several workers).
+
+Why not uvicorn's own supervisor (``uvicorn.supervisors.Multiprocess``, in
+the pinned uvicorn): it cannot keep what this one promises.
+
+- Its workers are ``multiprocessing`` *spawn* processes: fresh interpreters
+  that unpickle the ``uvicorn.Config``, so the app must be an import string
+  and is built again in each from scratch. The settings of ``sidecar serve``
+  (flags, ``--config``) would have to travel another way, and nothing the
+  supervisor prepared before forking is inherited: the allocator settings,
+  the key generated once so that workers never race to make it.
+- Each of its workers starts a thread to answer health pings, and its loop
+  blocks its one thread on those pings (up to ``timeout_worker_healthcheck``
+  seconds each) and on ``Event.wait``: there is no turn left in which to
+  answer a metrics scrape from that thread, and a second thread is what a
+  fork must never copy (see ``Supervisor.run``).
+- It takes over SIGHUP, SIGTTIN, SIGTTOU (restart, add, remove workers): a
+  behaviour ``sidecar serve`` has not had.
+- A worker that cannot start stops it without an exit status (``run``
+  returns None; uvicorn's CLI exits 3 only for one process), where this one
+  exits 3; and a replacement gets no worker number for its log lines, nor is
+  the dead worker's metrics file marked dead.
+
+So the fork, the reaping loop and the metrics listener stay here; the
+serving inside each worker is uvicorn's ``Server`` (sidecar/runtime/server.py).
 """
 
 from __future__ import annotations
@@ -26,8 +50,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 import structlog
 
 from sidecar.config import Settings
-from sidecar.memory import tune_malloc
 from sidecar.observability.logging import bind_process_context
+from sidecar.runtime.allocator import tune_malloc
 
 RESPAWN_PAUSE = 0.5  # seconds between a worker's death and its replacement
 METRICS_POLL = 0.2  # seconds a wait for a scrape lasts before workers are reaped
@@ -156,7 +180,7 @@ class Supervisor:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         if self.metrics is not None:
             self.metrics.socket.close()  # the supervisor's listener, not ours
-        from sidecar.server import Server, uvicorn_config
+        from sidecar.runtime.server import Server, uvicorn_config
 
         # The supervisor serves the one metrics listener for all of them.
         settings = dataclasses.replace(self.settings, metrics_port=0)

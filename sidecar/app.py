@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sidecar.config import ConfigError, Settings, check_serving
 from sidecar.convex import ConvexTokens
+from sidecar.edge.limits import SizeLimits
 from sidecar.gateway import Gateway
 from sidecar.keys import load_keyset
 from sidecar.keys.reload import watch_key_file
@@ -33,7 +34,6 @@ from sidecar.oauth.pages import Pages
 from sidecar.oauth.ratelimit import RateLimiter
 from sidecar.observability.access import AccessMiddleware
 from sidecar.observability.health import health_routes
-from sidecar.observability.limits import SizeLimits
 from sidecar.observability.metrics import (
     SIGNING_KEY_AGE,
     SIGNING_KEYS,

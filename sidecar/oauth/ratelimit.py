@@ -19,9 +19,9 @@ import structlog
 from starlette.requests import Request
 
 from sidecar.config import Settings
+from sidecar.edge.address import client_address, is_trusted
 from sidecar.oauth.errors import SlowDown
 from sidecar.observability.metrics import RATE_LIMITED
-from sidecar.proxy.headers import client_address, is_trusted
 from sidecar.store import Store
 
 log = structlog.get_logger("sidecar.oauth")

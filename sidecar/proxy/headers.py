@@ -6,7 +6,6 @@ header is re-parsed or re-cased on the hot path.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Sequence
 
 Headers = list[tuple[bytes, bytes]]
@@ -64,18 +63,6 @@ def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes
         if name == b"connection":
             tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
     return frozenset(tokens)
-
-
-def is_trusted(
-    peer: str | None, trusted: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
-) -> bool:
-    if not peer or not trusted:
-        return False
-    try:
-        address = ipaddress.ip_address(peer)
-    except ValueError:
-        return False
-    return any(address in network for network in trusted)
 
 
 def upstream_request_headers(
@@ -189,22 +176,3 @@ def rewrite_location(value: bytes, upstream_origin: bytes, public_origin: bytes)
     if value[:n].lower() == upstream_origin and (len(value) == n or value[n : n + 1] in b"/?#"):
         return public_origin + value[n:]
     return value
-
-
-def client_address(
-    peer: str | None,
-    headers: Sequence[tuple[bytes, bytes]],
-    trusted: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
-) -> str:
-    """The client's address for per-IP limits: the peer, or, when the peer is a
-    trusted proxy, the nearest X-Forwarded-For entry that is not one."""
-    if not is_trusted(peer, trusted):
-        return peer or "unknown"
-    chain: list[str] = []
-    for name, value in headers:
-        if name == b"x-forwarded-for":
-            chain.extend(p.strip() for p in value.decode("latin-1").split(","))
-    for hop in reversed(chain):
-        if hop and not is_trusted(hop, trusted):
-            return hop
-    return peer or "unknown"

@@ -20,9 +20,10 @@ from starlette.types import Receive, Scope, Send
 
 from sidecar.asgi import ON_DISCONNECT, send_json
 from sidecar.config import Settings
+from sidecar.edge.address import is_trusted
 from sidecar.observability.context import context_of
 from sidecar.observability.metrics import UPSTREAM_ERRORS, UPSTREAM_SECONDS
-from sidecar.proxy.headers import client_response_headers, is_trusted, upstream_request_headers
+from sidecar.proxy.headers import client_response_headers, upstream_request_headers
 from sidecar.proxy.upstream import (
     UpstreamClient,
     UpstreamError,

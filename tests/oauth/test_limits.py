@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from sidecar.config import load_settings
-from sidecar.proxy.headers import client_address
+from sidecar.edge.address import client_address
 from tests.support.oauth import OAuthClient
 from tests.support.processes import Process, running, start_sidecar
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import aiohttp
 import structlog
 from starlette.types import Receive, Scope, Send
 
-if TYPE_CHECKING:
-    from sidecar.proxy.http import ProxyApp
+from sidecar.proxy.upstream import UpstreamClient
 
 log = structlog.get_logger("sidecar.proxy")
 
@@ -32,7 +31,18 @@ _HANDSHAKE = frozenset(
 )
 
 
-async def proxy_websocket(proxy: ProxyApp, scope: Scope, receive: Receive, send: Send) -> None:
+class Forwarding(Protocol):
+    """What an upgrade needs of the HTTP side of the proxy: its upstream
+    client, and the target and headers it would forward for a scope."""
+
+    upstream: UpstreamClient
+
+    def target(self, scope: Scope) -> str: ...
+
+    def headers_for(self, scope: Scope) -> list[tuple[str, str]]: ...
+
+
+async def proxy_websocket(proxy: Forwarding, scope: Scope, receive: Receive, send: Send) -> None:
     message = await receive()
     if message["type"] != "websocket.connect":
         return

@@ -1,5 +1,5 @@
 """The session bridge: who the browser's user is, according to the app."""
 
-from sidecar.session.bridge import SessionBridge, User
+from sidecar.session.bridge import SessionBridge, SessionUnavailable, User
 
-__all__ = ["SessionBridge", "User"]
+__all__ = ["SessionBridge", "SessionUnavailable", "User"]

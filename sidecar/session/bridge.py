@@ -24,7 +24,7 @@ import structlog
 from sidecar.config import Settings
 from sidecar.keys import KeySet
 from sidecar.proxy.headers import drop_cookie_domain
-from sidecar.proxy.upstream import UpstreamClient, UpstreamUnavailable
+from sidecar.proxy.upstream import UpstreamClient, UpstreamError
 
 log = structlog.get_logger("sidecar.session")
 
@@ -34,6 +34,14 @@ CLOCK_SKEW = 5  # seconds, as Convex allows
 # `sub`: visible ASCII only (Better Auth's ids are), so no control character
 # or non-ASCII octet from the app can reach a header line.
 USER_ID = re.compile(r"[\x21-\x7e]{1,256}")
+
+
+class SessionUnavailable(UpstreamError):
+    """The app could not say who the browser's person is: unreachable, too
+    slow, or an answer that is neither a session nor a refusal.
+
+    A subclass of the proxy's UpstreamError for now, so that callers which
+    still catch that keep working; they are to catch this instead."""
 
 
 def user_id_is_safe(sub: str) -> bool:
@@ -143,22 +151,26 @@ class SessionBridge:
         return await self._ask(self.session_path, headers, self._from_session)
 
     async def _ask(self, path: str, headers: list[tuple[str, str]], parse: Any) -> SessionLookup:
-        response = await self.upstream.request("GET", path, headers)
+        # The upstream client's errors become the bridge's own, here only.
         try:
-            body = await response.read(limit=256 * 1024)
-        finally:
-            response.release()
+            response = await self.upstream.request("GET", path, headers)
+            try:
+                body = await response.read(limit=256 * 1024)
+            finally:
+                response.release()
+        except UpstreamError as exc:
+            raise SessionUnavailable(str(exc)) from exc
         cookies = response.set_cookies()
         if self.cookie_domain:
             cookies = [drop_cookie_domain(c, self.cookie_domain) for c in cookies]
         if response.status in (401, 403):
             return SessionLookup(None, cookies)
         if response.status != 200:
-            raise UpstreamUnavailable(f"{path} answered {response.status}")
+            raise SessionUnavailable(f"{path} answered {response.status}")
         try:
             user = parse(json.loads(body) if body else None)
         except (ValueError, TypeError, KeyError):
-            raise UpstreamUnavailable(f"{path} answered something that is not a session") from None
+            raise SessionUnavailable(f"{path} answered something that is not a session") from None
         return SessionLookup(user, cookies, source="convex-token" if self.keys else "get-session")
 
     def _from_token(self, body: Any) -> User | None:

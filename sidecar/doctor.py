@@ -24,9 +24,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
-from sidecar.oauth.clients import is_loopback
 from sidecar.routes import prm_path
-from sidecar.urls import InvalidURL, canonical_url
+from sidecar.urls import InvalidURL, canonical_url, is_loopback
 
 DOCTOR_ORIGIN = "https://doctor.invalid"  # a page on another origin, as a browser client is
 DOCTOR_REDIRECT = "http://127.0.0.1:9/doctor"  # a loopback client's; never reached

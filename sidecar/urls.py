@@ -16,6 +16,7 @@ resolve differently from what was sent.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from urllib.parse import unquote, urlsplit
 
@@ -29,6 +30,19 @@ _NOT_IN_A_URL = re.compile(r"[^\x21-\x7e]|\\")
 
 class InvalidURL(ValueError):
     """Not an absolute http(s) URL the sidecar can compare."""
+
+
+def is_loopback(host: str | None) -> bool:
+    """A host name that stays on this machine (RFC 8252 section 7.3):
+    ``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def canonical_url(url: str, *, allow_path: bool = True) -> str:

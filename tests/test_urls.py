@@ -186,3 +186,12 @@ def test_a_long_path_that_is_not_plain_is_refused_not_enumerated() -> None:
 def test_a_few_odd_rules_together_stay_well_below_the_limit() -> None:
     odd = "/" + "/".join(["%252e%252e;x\\\\%2f."] * 40)
     assert len(path_spellings(odd)) < MAX_SPELLINGS / 10
+
+
+def test_loopback_hosts_are_localhost_and_the_loopback_addresses() -> None:
+    from sidecar.urls import is_loopback
+
+    for host in ("localhost", "127.0.0.1", "127.8.9.10", "::1"):
+        assert is_loopback(host), host
+    for host in (None, "", "localhost.example", "10.0.0.1", "[::1]", "0.0.0.0", "::"):
+        assert not is_loopback(host), host

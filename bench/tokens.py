@@ -26,7 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sidecar.config import load_settings
 from sidecar.keys import load_keyset
-from sidecar.oauth.grants import Grants
+from sidecar.oauth.grants import AuthorizationCode, Grants, Profile
+from sidecar.oauth.tokens import Tokens
 from sidecar.store import open_store
 from tests.support.oauth import pkce_pair
 from tests.support.processes import Process, free_port, start_redis, start_sidecar
@@ -102,35 +103,36 @@ async def mint(env: dict[str, str], client_id: str, n: int) -> tuple[list[str], 
     settings = load_settings(env=env)
     store = open_store(settings.store_url)
     await store.open()
-    grants = Grants(settings, store, load_keyset(settings))
+    grants = Grants(settings, store)
+    tokens = Tokens(grants, load_keyset(settings))
     verifier, challenge = pkce_pair()
     codes, refresh = [], []
     for _ in range(n):
         code = await grants.new_code(
-            {
-                "client_id": client_id,
-                "redirect_uri": "http://127.0.0.1:1/cb",
-                "code_challenge": challenge,
-                "scope": ["openid"],
-                "resource": settings.public_url,
-                "nonce": None,
-                "sub": "bench-user",
-                "user": {"email": "b@example.com", "name": "B"},
-                "auth_time": 1,
-            }
+            AuthorizationCode(
+                client_id=client_id,
+                redirect_uri="http://127.0.0.1:1/cb",
+                code_challenge=challenge,
+                scope=("openid",),
+                resource=settings.public_url,
+                nonce=None,
+                sub="bench-user",
+                user=Profile(email="b@example.com", name="B"),
+                auth_time=1,
+            )
         )
         codes.append(
             f"grant_type=authorization_code&client_id={client_id}&code={code}"
             f"&redirect_uri={REDIRECT}&code_verifier={verifier}"
         )
-        issued = await grants.issue(
+        issued = await tokens.issue(
             grant_id=os.urandom(8).hex(),
             client_id=client_id,
             sub="bench-user",
             scope=["openid"],
             resource=settings.public_url,
             with_refresh=True,
-            user={},
+            user=Profile(),
             with_id_token=False,
         )
         refresh.append(

@@ -26,12 +26,16 @@ from sidecar.keys import load_keyset
 from sidecar.keys.reload import watch_key_file
 from sidecar.oauth.account import ConnectedApps
 from sidecar.oauth.authorize import AuthorizationEndpoint
+from sidecar.oauth.browser import Browser
 from sidecar.oauth.cimd import MetadataDocuments
 from sidecar.oauth.clients import ClientRegistry
+from sidecar.oauth.consents import Consents
 from sidecar.oauth.endpoints import OAuthEndpoints, document, oauth_json
 from sidecar.oauth.grants import Grants
 from sidecar.oauth.pages import Pages
+from sidecar.oauth.pending import PendingAuthorizations
 from sidecar.oauth.ratelimit import RateLimiter
+from sidecar.oauth.tokens import Tokens
 from sidecar.observability.access import AccessMiddleware
 from sidecar.observability.health import health_routes
 from sidecar.observability.metrics import (
@@ -72,22 +76,31 @@ class SidecarApp:
         self.keys = load_keyset(settings)
         self.documents = MetadataDocuments(settings, self.store)
         self.clients = ClientRegistry(self.store, self.documents)
-        self.grants = Grants(settings, self.store, self.keys)
+        self.consents = Consents(settings, self.store)
+        self.grants = Grants(settings, self.store, self.consents)
+        self.tokens = Tokens(self.grants, self.keys)
         self.bridge = SessionBridge(settings, self.upstream, self.keys)
         self.limiter = RateLimiter(self.store)
+        self.browser = Browser(settings, self.bridge, self.limiter)
         pages = Pages(settings)
         self.authz = AuthorizationEndpoint(
-            settings, self.store, self.clients, self.grants, self.bridge, self.limiter, pages
+            settings,
+            self.clients,
+            self.grants,
+            self.consents,
+            self.browser,
+            pages,
+            PendingAuthorizations(settings, self.store),
         )
         self.account = ConnectedApps(
-            settings, self.store, self.clients, self.grants, self.authz, pages
+            settings, self.store, self.clients, self.grants, self.browser, pages
         )
         self.convex_tokens = ConvexTokens(settings, self.keys)
         self.endpoints = OAuthEndpoints(
             settings,
-            self.store,
             self.clients,
             self.grants,
+            self.tokens,
             self.keys,
             self.limiter,
             self.convex_tokens,
@@ -98,7 +111,7 @@ class SidecarApp:
             self.upstream,
             drop_header_prefixes=[settings.identity_header_prefix.lower().encode("latin-1")],
         )
-        self.gateway = Gateway(settings, self.grants, self.proxy, self.convex_tokens)
+        self.gateway = Gateway(settings, self.tokens, self.proxy, self.convex_tokens)
         check_served_as_configured(settings, self.routes, self.gateway)
         self.metrics_server: Any = None
         self._key_watch: asyncio.Task[None] | None = None

@@ -188,7 +188,8 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _clients(settings: Settings, args: argparse.Namespace) -> int:
-    from sidecar.oauth.clients import ClientRegistry, client_from_metadata
+    from sidecar.oauth.client_model import client_from_metadata
+    from sidecar.oauth.clients import ClientRegistry
     from sidecar.oauth.errors import OAuthError
     from sidecar.store import open_store
 
@@ -238,11 +239,10 @@ async def _clients(settings: Settings, args: argparse.Namespace) -> int:
             if not settings.registration_unused_ttl:
                 print("registration_unused_ttl is 0: registrations are kept; nothing pruned")
                 return 0
-            from sidecar.keys import load_keyset
             from sidecar.oauth.grants import Grants
 
-            grants = Grants(settings, store, load_keyset(settings))
-            holding = {str(g["client_id"]) for g in await grants.all_grants()}
+            grants = Grants(settings, store)
+            holding = {g.client_id for g in await grants.all_grants()}
             removed = await registry.prune(settings.registration_unused_ttl, holding)
             for client_id in removed:
                 print(f"removed {client_id}")
@@ -282,14 +282,13 @@ def _doctor(args: argparse.Namespace) -> int:
 async def _grants(settings: Settings, args: argparse.Namespace) -> int:
     import time
 
-    from sidecar.keys import load_keyset
     from sidecar.oauth.grants import Grants
     from sidecar.store import StoreUnavailable, open_store
 
     store = open_store(settings.store_url)
     try:
         await store.open()
-        grants = Grants(settings, store, load_keyset(settings))
+        grants = Grants(settings, store)
         if getattr(args, "grant_id", None):
             one = await grants.live_grant(args.grant_id)
             if one is None:
@@ -300,13 +299,13 @@ async def _grants(settings: Settings, args: argparse.Namespace) -> int:
         else:
             found = await grants.all_grants()
         if args.client:
-            found = [g for g in found if g["client_id"] == args.client]
+            found = [g for g in found if g.client_id == args.client]
         if args.grants_command == "list":
             for g in found:
-                created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(g.get("created") or 0))
+                created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(g.created))
                 print(
-                    f"{g['grant_id']}\t{g['sub']}\t{g['client_id']}\t{' '.join(g['scope'] or [])}"
-                    f"\t{g['resource']}\t{created}"
+                    f"{g.grant_id}\t{g.sub}\t{g.client_id}\t{' '.join(g.scope)}"
+                    f"\t{g.resource}\t{created}"
                 )
             return 0
         for g in found:

@@ -41,7 +41,8 @@ from sidecar.asgi import send_json
 from sidecar.config import Resource, Settings
 from sidecar.convex import ConvexTokens
 from sidecar.oauth.errors import InvalidToken
-from sidecar.oauth.grants import Grants
+from sidecar.oauth.scopes import expand_scopes
+from sidecar.oauth.tokens import Tokens
 from sidecar.observability.metrics import token_event
 from sidecar.proxy.http import ProxyApp
 from sidecar.routes import prm_path
@@ -70,10 +71,10 @@ AMBIGUOUS = Ambiguous()
 
 class Gateway:
     def __init__(
-        self, settings: Settings, grants: Grants, proxy: ProxyApp, convex: ConvexTokens
+        self, settings: Settings, tokens: Tokens, proxy: ProxyApp, convex: ConvexTokens
     ) -> None:
         self.settings = settings
-        self.grants = grants
+        self.tokens = tokens
         self.proxy = proxy
         self.convex = convex
         self.prefix = settings.identity_header_prefix.lower().encode("latin-1")
@@ -245,7 +246,7 @@ class Gateway:
                 "the token's identity cannot be carried in a header",
             )
             return
-        granted = self.settings.expand_scopes(scopes.split())
+        granted = expand_scopes(self.settings, scopes.split())
         if not set(resource.scopes) <= granted:
             await self._challenge(
                 scope,
@@ -274,11 +275,11 @@ class Gateway:
         await self.proxy(scope, receive, send)
 
     async def verify(self, token: str, resource: Resource) -> dict[str, Any]:
-        claims = self.grants.decode_access_token(token, audience=resource.url)
+        claims = self.tokens.decode_access_token(token, audience=resource.url)
         now = time.monotonic()
         until = self._verified.get(claims["jti"])
         if until is None or until < now:
-            await self.grants.check_not_revoked(claims)
+            await self.tokens.check_not_revoked(claims)
             ttl = self.settings.revocation_cache_seconds
             if ttl > 0:
                 self._verified[claims["jti"]] = now + ttl

@@ -26,16 +26,15 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from sidecar.config import Settings
-from sidecar.oauth.authorize import AuthorizationEndpoint, from_own_origin
+from sidecar.oauth.browser import Browser, from_own_origin
 from sidecar.oauth.clients import ClientRegistry
-from sidecar.oauth.errors import OAuthError
-from sidecar.oauth.grants import Grants
-from sidecar.oauth.pages import SCOPE_WORDS, Pages
+from sidecar.oauth.grants import Grant, Grants
+from sidecar.oauth.pages import SCOPE_WORDS, Pages, html_page
 from sidecar.oauth.params import form_params
 from sidecar.observability.metrics import token_event
 from sidecar.proxy.upstream import UpstreamError
 from sidecar.session.bridge import SessionLookup
-from sidecar.store import Store, StoreUnavailable
+from sidecar.store import Store
 
 log = structlog.get_logger("sidecar.oauth")
 
@@ -56,35 +55,32 @@ class ConnectedApps:
     store: Store
     clients: ClientRegistry
     grants: Grants
-    authz: AuthorizationEndpoint
+    browser: Browser
     pages: Pages
 
     async def _who(self, request: Request) -> SessionLookup | Response:
         """The app's answer about who is asking, or the page saying it could
         not be asked."""
         try:
-            return await self.authz.who(request)
+            return await self.browser.who(request)
         except UpstreamError:
             return self.pages.error(
                 "Sign-in is unavailable", "We could not reach the app to check who you are.", 502
             )
 
+    @html_page
     async def page(self, request: Request) -> Response:
-        if (refused := await self.authz.limited(request)) is not None:
-            return refused
+        await self.browser.check_rate(request)
         session = await self._who(request)
         if isinstance(session, Response):
             return session
         if session.user is None:
             back = self.settings.public_url + ACCOUNT_PATH
-            return self.authz.login_redirect_to(back, session.set_cookies)
+            return self.browser.login_redirect_to(back, session.set_cookies)
         user = session.user
-        try:
-            rows = await self.rows(user.sub)
-            csrf = secrets.token_urlsafe(32)
-            await self.store.put(ACCOUNT_CSRF, csrf, {"sub": user.sub}, ttl=CSRF_TTL)
-        except StoreUnavailable:
-            return self.pages.unavailable()
+        rows = await self.rows(user.sub)
+        csrf = secrets.token_urlsafe(32)
+        await self.store.put(ACCOUNT_CSRF, csrf, {"sub": user.sub}, ttl=CSRF_TTL)
         return self.pages.page(
             "account.html",
             cookies=session.set_cookies,
@@ -99,14 +95,14 @@ class ConnectedApps:
 
     async def rows(self, sub: str) -> list[dict[str, Any]]:
         """One row per client: what it was granted, on what, since when."""
-        by_client: dict[str, list[dict[str, Any]]] = {}
+        by_client: dict[str, list[Grant]] = {}
         for grant in await self.grants.grants_of(sub):
-            by_client.setdefault(str(grant["client_id"]), []).append(grant)
+            by_client.setdefault(grant.client_id, []).append(grant)
         rows = []
         for client_id, grants in by_client.items():
             client = await self.clients.get(client_id)
-            scopes = sorted({s for g in grants for s in (g.get("scope") or [])})
-            refreshed = [g["last_refreshed"] for g in grants if g.get("last_refreshed")]
+            scopes = sorted({s for g in grants for s in g.scope})
+            refreshed = [g.last_refreshed for g in grants if g.last_refreshed]
             rows.append(
                 {
                     "client_id": client_id,
@@ -114,49 +110,39 @@ class ConnectedApps:
                     "site": client.client_uri if client else None,
                     "unverified": client is not None and client.source == "dcr",
                     "scopes": [SCOPE_WORDS.get(s, s) for s in scopes],
-                    "resources": sorted({str(g.get("resource")) for g in grants}),
-                    "granted": when(min(g.get("created") or 0 for g in grants)),
+                    "resources": sorted({str(g.resource) for g in grants}),
+                    "granted": when(min(g.created for g in grants)),
                     "refreshed": when(max(refreshed) if refreshed else None),
                     "grants": len(grants),
                 }
             )
         return sorted(rows, key=lambda r: str(r["name"]).lower())
 
+    @html_page
     async def revoke(self, request: Request) -> Response:
-        if (refused := await self.authz.limited(request)) is not None:
-            return refused
+        await self.browser.check_rate(request)
         if not from_own_origin(request, self.settings.public_url):
             return self.pages.error("Request refused", "The form came from another site.", 403)
-        try:
-            form = await form_params(
-                request, self.settings.max_body_bytes, self.settings.body_timeout
-            )
-        except OAuthError as exc:
-            return self.pages.error("Invalid request", exc.description, exc.status)
+        form = await form_params(request, self.settings.max_body_bytes, self.settings.body_timeout)
         session = await self._who(request)
         if isinstance(session, Response):
             return session
         if session.user is None:
             return self.pages.error("Request refused", "You are not signed in.", 403)
         sub = session.user.sub
-        try:
-            token = form.get("csrf", "")
-            shown = await self.store.get(ACCOUNT_CSRF, token) if token else None
-            # CSRF: the token must be one shown to this very person.
-            if shown is None or not hmac.compare_digest(
-                str(shown.get("sub")).encode(), sub.encode()
-            ):
-                return self.pages.error("Request refused", "The form could not be verified.", 403)
-            client_id = form.get("client_id", "")
-            ended = [g for g in await self.grants.grants_of(sub) if g["client_id"] == client_id]
-            if not ended:
-                return self.pages.error(
-                    "Nothing to revoke", "This application has no access to your account.", 404
-                )
-            for grant in ended:
-                await self.grants.end_grant(grant)
-        except StoreUnavailable:
-            return self.pages.unavailable()
+        token = form.get("csrf", "")
+        shown = await self.store.get(ACCOUNT_CSRF, token) if token else None
+        # CSRF: the token must be one shown to this very person.
+        if shown is None or not hmac.compare_digest(str(shown.get("sub")).encode(), sub.encode()):
+            return self.pages.error("Request refused", "The form could not be verified.", 403)
+        client_id = form.get("client_id", "")
+        ended = [g for g in await self.grants.grants_of(sub) if g.client_id == client_id]
+        if not ended:
+            return self.pages.error(
+                "Nothing to revoke", "This application has no access to your account.", 404
+            )
+        for grant in ended:
+            await self.grants.end_grant(grant)
         token_event("revoked")
         log.info("grants revoked by the person", client_id=client_id, grants=len(ended))
         response = RedirectResponse(f"{self.settings.public_url}{ACCOUNT_PATH}?revoked=1", 303)

@@ -24,22 +24,19 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jwt
 import structlog
 
+from sidecar.oauth.cimd import MetadataDocuments
+from sidecar.oauth.client_model import ALGORITHMS, Client, parse_key_set
 from sidecar.oauth.errors import InvalidClient
 from sidecar.store import Store
-
-if TYPE_CHECKING:
-    from sidecar.oauth.cimd import MetadataDocuments
-    from sidecar.oauth.clients import Client
 
 log = structlog.get_logger("sidecar.oauth")
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
 # The key types each algorithm may be used with: a header naming RS256 over
 # an EC key, or any algorithm over an "oct" key, is refused.
 KEY_TYPES = {"RS256": "RSA", "PS256": "RSA", "ES256": "EC", "EdDSA": "OKP"}
@@ -50,30 +47,6 @@ NS_JTI = "assertion_jti"
 REFETCH_PAUSE = 30.0  # seconds between fetches of one jwks_uri for unknown kids
 CACHE_SIZE = 1000
 JWKS_TYPES = ("application/json", "application/jwk-set+json")
-
-
-def parse_key_set(document: Any) -> dict[str, jwt.PyJWK]:
-    """The usable public keys of a JWKS, by kid. Private or symmetric keys
-    are refused: a client publishing its private key, or an "oct" key that
-    would turn verification into an HMAC anyone could compute, has no key."""
-    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
-        raise ValueError("a JWKS must be an object with a keys array")
-    keys: dict[str, jwt.PyJWK] = {}
-    for entry in document["keys"]:
-        if not isinstance(entry, dict) or entry.get("kty") not in ("RSA", "EC", "OKP"):
-            continue
-        if "d" in entry:
-            raise ValueError("the JWKS holds a private key")
-        if entry.get("use", "sig") != "sig":
-            continue
-        try:
-            key = jwt.PyJWK(entry)
-        except (jwt.PyJWTError, ValueError, TypeError):
-            continue
-        keys[str(entry.get("kid", ""))] = key
-    if not keys:
-        raise ValueError("the JWKS has no usable signing key")
-    return keys
 
 
 class ClientKeys:

@@ -18,6 +18,7 @@ import ipaddress
 import json
 import re
 import socket
+from dataclasses import asdict
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -27,7 +28,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from sidecar.config import Settings
-from sidecar.oauth.clients import Client, client_from_metadata
+from sidecar.oauth.client_model import Client, client_from_metadata
 from sidecar.oauth.errors import OAuthError
 from sidecar.store import Store
 
@@ -181,8 +182,6 @@ class MetadataDocuments:
             log.warning("client metadata document refused", client_id=client_id, reason=reason)
             return None
         if ttl:
-            from dataclasses import asdict
-
             await self.store.put(NS, client_id, asdict(client), ttl=ttl)
         return client
 

@@ -18,15 +18,9 @@ from sidecar.config import Resource, Settings
 from sidecar.convex import ConvexTokens
 from sidecar.keys import KeySet
 from sidecar.oauth import pkce
-from sidecar.oauth.assertions import ALGORITHMS as ASSERTION_ALGORITHMS
-from sidecar.oauth.clients import (
-    Client,
-    ClientRegistry,
-    authenticate_client,
-    basic_credentials,
-    client_family,
-    client_from_metadata,
-)
+from sidecar.oauth.client_model import ALGORITHMS as ASSERTION_ALGORITHMS
+from sidecar.oauth.client_model import Client, client_family, client_from_metadata
+from sidecar.oauth.clients import ClientRegistry, authenticate_client, basic_credentials
 from sidecar.oauth.errors import (
     NO_STORE,
     InvalidClientMetadata,
@@ -42,11 +36,12 @@ from sidecar.oauth.errors import (
     UnsupportedGrantType,
     error_response,
 )
-from sidecar.oauth.grants import REFRESH, Grants, IssuedTokens, digest, user_claims
+from sidecar.oauth.grants import Grant, Grants, Profile
 from sidecar.oauth.params import form_params, read_body
 from sidecar.oauth.ratelimit import RateLimiter, client_ip, is_trusted_egress
+from sidecar.oauth.tokens import IssuedTokens, Tokens, user_claims
 from sidecar.observability.metrics import token_event
-from sidecar.store import Store, StoreUnavailable
+from sidecar.store import StoreUnavailable
 from sidecar.urls import InvalidURL, canonical_url
 
 log = structlog.get_logger("sidecar.oauth")
@@ -104,9 +99,9 @@ def token_response(tokens: IssuedTokens) -> JSONResponse:
 @dataclass
 class OAuthEndpoints:
     settings: Settings
-    store: Store
     clients: ClientRegistry
     grants: Grants
+    tokens: Tokens
     keys: KeySet
     limiter: RateLimiter
     convex: ConvexTokens
@@ -185,27 +180,27 @@ class OAuthEndpoints:
             # A verifier is required whenever a challenge was (always, here).
             raise InvalidRequest("code_verifier is required (PKCE)")
         details = await self.grants.redeem_code(code)
-        if details["client_id"] != client.client_id:
+        if details.client_id != client.client_id:
             raise InvalidGrant("the code was issued to another client")
-        if form.get("redirect_uri", details["redirect_uri"]) != details["redirect_uri"]:
+        if form.get("redirect_uri", details.redirect_uri) != details.redirect_uri:
             raise InvalidGrant("redirect_uri differs from the authorization request")
-        if not pkce.verify(verifier, details["code_challenge"]):
+        if not pkce.verify(verifier, details.code_challenge):
             raise InvalidGrant("code_verifier does not match the code_challenge")
         resource = form.get("resource")
-        if resource and _canonical_or_none(resource) != details["resource"]:
+        if resource and _canonical_or_none(resource) != details.resource:
             raise InvalidTarget("resource differs from the one the user consented to")
-        await self.grants.start_grant(details["grant_id"], {**details, **details["user"]})
+        await self.grants.start_grant(Grant.from_code(details))
         await self.clients.mark_in_use(client)
-        return await self.grants.issue(
-            grant_id=details["grant_id"],
+        return await self.tokens.issue(
+            grant_id=details.grant_id,
             client_id=client.client_id,
-            sub=details["sub"],
-            scope=details["scope"],
-            resource=details["resource"],
+            sub=details.sub,
+            scope=list(details.scope),
+            resource=details.resource,
             with_refresh="refresh_token" in client.grant_types,
-            user=details["user"],
-            nonce=details.get("nonce"),
-            auth_time=details.get("auth_time"),
+            user=details.user,
+            nonce=details.nonce,
+            auth_time=details.auth_time,
         )
 
     async def refresh(self, form: dict[str, str], client: Client, family: str = "") -> IssuedTokens:
@@ -216,25 +211,25 @@ class OAuthEndpoints:
             raise InvalidRequest("refresh_token is required")
         rotation = await self.grants.rotate_refresh(token, client.client_id)
         record = rotation.record
-        await self.grants.note_refresh(record["grant_id"])
-        scope = record["scope"]
+        await self.grants.note_refresh(record.grant_id)
+        scope = list(record.scope)
         if form.get("scope"):
             narrowed = form["scope"].split()
             if not set(narrowed) <= set(scope):
                 raise InvalidScope("a refresh may only narrow the scope")
             scope = narrowed
         resource = form.get("resource")
-        if resource and _canonical_or_none(resource) != record["resource"]:
+        if resource and _canonical_or_none(resource) != record.resource:
             raise InvalidTarget("a refresh token keeps its resource")
-        tokens = await self.grants.issue(
-            grant_id=record["grant_id"],
+        tokens = await self.tokens.issue(
+            grant_id=record.grant_id,
             client_id=client.client_id,
-            sub=record["sub"],
+            sub=record.sub,
             scope=scope,
-            resource=record["resource"],
+            resource=record.resource,
             with_refresh=True,
-            user=record.get("user") or {},
-            auth_time=record.get("auth_time"),
+            user=record.user,
+            auth_time=record.auth_time,
             with_id_token=False,
             refresh_token=rotation.successor,
         )
@@ -268,7 +263,7 @@ class OAuthEndpoints:
             raise InvalidTarget(f"audience must be {self.settings.convex_audience}")
         subject = form.get("subject_token", "")
         try:
-            claims = await self.grants.verify_access_token(subject)
+            claims = await self.tokens.verify_access_token(subject)
         except InvalidToken as exc:
             # RFC 8693 section 2.2.2: an invalid subject token is invalid_request.
             raise InvalidRequest(f"subject_token is not usable: {exc.description}") from None
@@ -326,7 +321,7 @@ class OAuthEndpoints:
             revoked = await self.revoke_refresh_of(client, token)
         else:
             try:
-                claims = self.grants.decode_access_token(token)
+                claims = self.tokens.decode_access_token(token)
             except InvalidToken:
                 revoked = await self.revoke_refresh_of(client, token)
             else:
@@ -334,7 +329,7 @@ class OAuthEndpoints:
                 # asking; another client's is left alone.
                 revoked = claims.get("client_id") == client.client_id
                 if revoked:
-                    await self.grants.revoke_access_token(claims)
+                    await self.tokens.revoke_access_token(claims)
         if revoked:
             token_event("revoked")
         else:
@@ -349,9 +344,8 @@ class OAuthEndpoints:
     async def revoke_refresh_of(self, client: Client, token: str) -> bool:
         """Ends the grant of a refresh token issued to ``client`` (RFC 7009
         section 2.1); an unknown token or another client's: nothing."""
-        _grant_id, sep, _ = token.partition(".")
-        record = await self.store.get(REFRESH, digest(token)) if sep else None
-        if record is None or record.get("client_id") != client.client_id:
+        record = await self.grants.refresh_record(token)
+        if record is None or record.client_id != client.client_id:
             return False
         return await self.grants.revoke_refresh(token)
 
@@ -366,7 +360,7 @@ class OAuthEndpoints:
         if not token:
             raise InvalidRequest("token is required")
         try:
-            claims = await self.grants.verify_access_token(token)
+            claims = await self.tokens.verify_access_token(token)
         except InvalidToken:
             return JSONResponse({"active": False}, headers=NO_STORE)
         body = {
@@ -385,13 +379,13 @@ class OAuthEndpoints:
                 "a bearer token is required", headers={"WWW-Authenticate": 'Bearer realm="oauth"'}
             )
         try:
-            claims = await self.grants.verify_access_token(auth[7:].strip())
+            claims = await self.tokens.verify_access_token(auth[7:].strip())
         except InvalidToken as exc:
             exc.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
             raise
         scope = claims["scope"].split()
-        grant = await self.grants.grant(claims.get("gid", "")) or {}
-        user = {"email": grant.get("email"), "name": grant.get("name")}
+        grant = await self.grants.grant(claims.get("gid", ""))
+        user = Profile(grant.email, grant.name) if grant is not None else Profile()
         return JSONResponse({"sub": claims["sub"], **user_claims(user, scope)}, headers=NO_STORE)
 
     # -- documents ---------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Codes, grants, refresh-token families, consents and revocations.
+"""Codes, grant records and refresh-token rotation.
 
 A *grant* is what one authorization produced: its code, the access tokens and
 the refresh-token family that descend from it. Every token carries its grant
@@ -9,20 +9,22 @@ Single use is one atomic ``swap`` in the store: of any number of concurrent
 redemptions of one code, exactly one sees it unused. A refresh token is
 rotated by one atomic ``put_if_absent`` of its rotation record, which names
 its successor (see :meth:`Grants.rotate_refresh` for the grace period).
+
+The records are typed here and written in exactly the JSON shapes earlier
+versions wrote, so a running deployment's records read back. No keys: what
+is signed is in :mod:`sidecar.oauth.tokens`.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import secrets
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-import jwt
 import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -30,12 +32,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from sidecar.config import Settings
-from sidecar.keys import KeySet
-from sidecar.oauth.errors import InvalidGrant, InvalidToken
+from sidecar.oauth.consents import Consents
+from sidecar.oauth.errors import InvalidGrant
+from sidecar.oauth.hashing import digest
 from sidecar.observability.metrics import token_event
-from sidecar.store import Store
+from sidecar.store import Record, Store
 
-CODES, GRANTS, REFRESH, REVOKED, CONSENTS = "codes", "grants", "refresh", "revoked_jti", "consents"
+CODES, GRANTS, REFRESH = "codes", "grants", "refresh"
 # Last refresh per grant, apart from the grant record: a refresh never
 # rewrites the record that holds ``revoked``, so it cannot undo a revocation.
 ACTIVITY = "grant_activity"
@@ -44,14 +47,178 @@ ACTIVITY = "grant_activity"
 ROTATED = "refresh_rotated"
 
 log = structlog.get_logger("sidecar.oauth")
-CONSENT_TTL = 180 * 86400
-ACCESS_TOKEN_TYPE = "at+jwt"  # RFC 9068 section 2.1
-LEEWAY = 5
 
 
-def digest(token: str) -> str:
-    """Codes and refresh tokens are stored hashed: a store dump holds none."""
-    return hashlib.sha256(token.encode()).hexdigest()
+def _strings(value: Any) -> tuple[str, ...]:
+    return tuple(str(s) for s in value or ())
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What a grant knows of its person besides the id (OpenID Connect Core
+    section 5.4 claims): ``{"email": ..., "name": ...}`` in a record."""
+
+    email: str | None = None
+    name: str | None = None
+
+    def to_record(self) -> dict[str, str | None]:
+        return {"email": self.email, "name": self.name}
+
+    @classmethod
+    def from_record(cls, value: Any) -> Profile:
+        value = value if isinstance(value, dict) else {}
+        return cls(value.get("email"), value.get("name"))
+
+
+@dataclass(frozen=True)
+class AuthorizationCode:
+    """An unredeemed code's record (stored under the code's digest)."""
+
+    client_id: str
+    redirect_uri: str
+    code_challenge: str
+    scope: tuple[str, ...]
+    resource: str
+    nonce: str | None
+    sub: str
+    user: Profile
+    auth_time: int | None
+    grant_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def to_record(self) -> Record:
+        return {
+            "client_id": self.client_id,
+            "redirect_uri": self.redirect_uri,
+            "code_challenge": self.code_challenge,
+            "scope": list(self.scope),
+            "resource": self.resource,
+            "nonce": self.nonce,
+            "sub": self.sub,
+            "user": self.user.to_record(),
+            "auth_time": self.auth_time,
+            "grant_id": self.grant_id,
+            "used": False,
+        }
+
+    @classmethod
+    def from_record(cls, record: Record) -> AuthorizationCode:
+        return cls(
+            client_id=record["client_id"],
+            redirect_uri=record["redirect_uri"],
+            code_challenge=record["code_challenge"],
+            scope=_strings(record.get("scope")),
+            resource=record["resource"],
+            nonce=record.get("nonce"),
+            sub=record["sub"],
+            user=Profile.from_record(record.get("user")),
+            auth_time=record.get("auth_time"),
+            grant_id=record["grant_id"],
+        )
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A grant record (under its id); ``last_refreshed`` is read beside it."""
+
+    grant_id: str
+    client_id: str
+    sub: str
+    scope: tuple[str, ...] = ()
+    resource: str | None = None
+    email: str | None = None
+    name: str | None = None
+    auth_time: int | None = None
+    revoked: bool = False
+    created: int = field(default_factory=lambda: int(time.time()))
+    last_refreshed: int | None = None
+
+    @classmethod
+    def from_code(cls, code: AuthorizationCode) -> Grant:
+        return cls(
+            grant_id=code.grant_id,
+            client_id=code.client_id,
+            sub=code.sub,
+            scope=code.scope,
+            resource=code.resource,
+            email=code.user.email,
+            name=code.user.name,
+            auth_time=code.auth_time,
+        )
+
+    def to_record(self) -> Record:
+        return {
+            "client_id": self.client_id,
+            "sub": self.sub,
+            "email": self.email,
+            "name": self.name,
+            "scope": list(self.scope),
+            "resource": self.resource,
+            "auth_time": self.auth_time,
+            "revoked": self.revoked,
+            "created": self.created,
+        }
+
+    @classmethod
+    def from_record(cls, grant_id: str, record: Record, last_refreshed: int | None = None) -> Grant:
+        return cls(
+            grant_id=grant_id,
+            client_id=str(record.get("client_id", "")),
+            sub=str(record.get("sub", "")),
+            scope=_strings(record.get("scope")),
+            resource=record.get("resource"),
+            email=record.get("email"),
+            name=record.get("name"),
+            auth_time=record.get("auth_time"),
+            revoked=bool(record.get("revoked")),
+            created=record.get("created") or 0,
+            last_refreshed=last_refreshed,
+        )
+
+
+@dataclass(frozen=True)
+class RefreshRecord:
+    """A refresh token's record (under the token's digest)."""
+
+    grant_id: str
+    client_id: str
+    sub: str
+    scope: tuple[str, ...]
+    resource: str
+    user: Profile = Profile()
+    auth_time: int | None = None
+    used: bool = False  # set only by versions before rotation records
+
+    def to_record(self) -> Record:
+        return {
+            "grant_id": self.grant_id,
+            "client_id": self.client_id,
+            "sub": self.sub,
+            "scope": list(self.scope),
+            "resource": self.resource,
+            "used": self.used,
+            "user": self.user.to_record(),
+            "auth_time": self.auth_time,
+        }
+
+    @classmethod
+    def from_record(cls, record: Record) -> RefreshRecord:
+        return cls(
+            grant_id=record["grant_id"],
+            client_id=record["client_id"],
+            sub=record["sub"],
+            scope=_strings(record.get("scope")),
+            resource=record["resource"],
+            user=Profile.from_record(record.get("user")),
+            auth_time=record.get("auth_time"),
+            used=bool(record.get("used")),
+        )
+
+
+@dataclass(frozen=True)
+class Rotation:
+    record: RefreshRecord  # the presented refresh token's record
+    successor: str  # the refresh token to answer with
+    grace: bool  # a retry or race answered with the first answer's successor
 
 
 def _successor_key(token: str) -> bytes:
@@ -76,39 +243,31 @@ def open_successor(sealed: str, token: str) -> str:
     return plain.decode()
 
 
-@dataclass(frozen=True)
-class Rotation:
-    record: dict[str, Any]  # the presented refresh token's record
-    successor: str  # the refresh token to answer with
-    grace: bool  # a retry or race answered with the first answer's successor
+def user_index(sub: str) -> str:
+    """The namespace of one person's grant index (hashed: a user id never
+    becomes part of a store key pattern)."""
+    return f"user_grants:{digest(sub)[:32]}"
 
 
-@dataclass(frozen=True)
-class IssuedTokens:
-    access_token: str
-    expires_in: int
-    scope: list[str]
-    refresh_token: str | None
-    id_token: str | None
+def new_refresh_token(grant_id: str) -> str:
+    """A refresh token starts with its grant's id (rate limits per grant)."""
+    return f"{grant_id}.{secrets.token_urlsafe(32)}"
 
 
 class Grants:
-    def __init__(self, settings: Settings, store: Store, keyset: KeySet) -> None:
+    def __init__(self, settings: Settings, store: Store, consents: Consents | None = None) -> None:
         self.settings = settings
         self.store = store
-        self.keys = keyset
-        self.issuer = settings.issuer
-        self.resource_urls = {r.url for r in settings.resources} | {settings.default_resource.url}
+        self.consents = consents or Consents(settings, store)
 
     # -- codes ------------------------------------------------------------------
 
-    async def new_code(self, details: dict[str, Any]) -> str:
-        code = secrets.token_urlsafe(32)
-        record = {**details, "grant_id": uuid.uuid4().hex, "used": False}
-        await self.store.put(CODES, digest(code), record, ttl=self.settings.code_ttl)
-        return code
+    async def new_code(self, code: AuthorizationCode) -> str:
+        secret = secrets.token_urlsafe(32)
+        await self.store.put(CODES, digest(secret), code.to_record(), ttl=self.settings.code_ttl)
+        return secret
 
-    async def redeem_code(self, code: str) -> dict[str, Any]:
+    async def redeem_code(self, code: str) -> AuthorizationCode:
         """The code's details, once. A second redemption revokes everything
         the first one issued (RFC 9700 section 4.2.4)."""
         if not code or len(code) > 512:
@@ -126,31 +285,21 @@ class Grants:
         if old.get("used"):
             await self.revoke_grant(old["grant_id"])
             raise InvalidGrant("authorization code already used; its tokens are revoked")
-        return old
+        return AuthorizationCode.from_record(old)
 
     # -- grants -----------------------------------------------------------------
 
-    async def start_grant(self, grant_id: str, details: dict[str, Any]) -> None:
-        record = {
-            k: details.get(k)
-            for k in ("client_id", "sub", "email", "name", "scope", "resource", "auth_time")
-        }
-        record["revoked"] = False
-        record["created"] = int(time.time())
+    async def start_grant(self, grant: Grant) -> None:
         # put_if_absent, never a plain put: when a replay of the code raced
         # ahead and revoked the grant, the revocation must stay. The one
         # redemption that won still gets its answer, but every token in it
         # carries the grant id and is refused from the start.
-        await self.store.put_if_absent(
-            GRANTS, grant_id, record, ttl=self.settings.refresh_token_ttl
-        )
+        ttl = self.settings.refresh_token_ttl
+        await self.store.put_if_absent(GRANTS, grant.grant_id, grant.to_record(), ttl=ttl)
         # The person -> grants index: one record per grant in the person's own
         # namespace, so each write is one store operation (one SET on Redis).
         await self.store.put(
-            user_index(str(record["sub"])),
-            grant_id,
-            {"client_id": record["client_id"]},
-            ttl=self.settings.refresh_token_ttl,
+            user_index(grant.sub), grant.grant_id, {"client_id": grant.client_id}, ttl=ttl
         )
 
     async def note_refresh(self, grant_id: str) -> None:
@@ -158,55 +307,50 @@ class Grants:
             ACTIVITY, grant_id, {"at": int(time.time())}, ttl=self.settings.refresh_token_ttl
         )
 
-    async def live_grant(self, grant_id: str) -> dict[str, Any] | None:
+    async def _last_refreshed(self, grant_id: str) -> int | None:
+        activity = await self.store.get(ACTIVITY, grant_id)
+        return activity["at"] if activity else None
+
+    async def live_grant(self, grant_id: str) -> Grant | None:
         record = await self.store.get(GRANTS, grant_id)
         if record is None or record.get("revoked"):
             return None
-        activity = await self.store.get(ACTIVITY, grant_id)
-        return {
-            **record,
-            "grant_id": grant_id,
-            "last_refreshed": activity["at"] if activity else None,
-        }
+        return Grant.from_record(grant_id, record, await self._last_refreshed(grant_id))
 
-    async def grants_of(self, sub: str) -> list[dict[str, Any]]:
+    async def grants_of(self, sub: str) -> list[Grant]:
         """The person's live grants, oldest first."""
         found = []
         for grant_id, _ in await self.store.scan(user_index(sub)):
-            record = await self.live_grant(grant_id)
-            if record is not None and record.get("sub") == sub:
-                found.append(record)
-        return sorted(found, key=lambda g: g.get("created") or 0)
+            grant = await self.live_grant(grant_id)
+            if grant is not None and grant.sub == sub:
+                found.append(grant)
+        return sorted(found, key=lambda g: g.created)
 
-    async def all_grants(self) -> list[dict[str, Any]]:
+    async def all_grants(self) -> list[Grant]:
         """Every live grant (operators' listing; walks the whole namespace)."""
         found = []
         for grant_id, record in await self.store.scan(GRANTS):
             if not record.get("revoked"):
-                activity = await self.store.get(ACTIVITY, grant_id)
-                found.append(
-                    {**record, "grant_id": grant_id, "last_refreshed": activity and activity["at"]}
-                )
-        return sorted(found, key=lambda g: g.get("created") or 0)
+                last = await self._last_refreshed(grant_id)
+                found.append(Grant.from_record(grant_id, record, last))
+        return sorted(found, key=lambda g: g.created)
 
-    async def end_grant(self, record: dict[str, Any]) -> None:
+    async def end_grant(self, grant: Grant) -> None:
         """Revoke a grant (its refresh tokens and, through ``gid``, its access
         tokens on every replica) and forget the consent behind it, so the next
         authorization of that client asks the person again."""
-        await self.revoke_grant(record["grant_id"])
-        await self.store.delete(user_index(str(record["sub"])), record["grant_id"])
-        await self.forget_consent(str(record["sub"]), str(record["client_id"]))
+        await self.revoke_grant(grant.grant_id)
+        await self.store.delete(user_index(grant.sub), grant.grant_id)
+        await self.consents.forget_consent(grant.sub, grant.client_id)
 
-    async def forget_consent(self, sub: str, client_id: str) -> None:
-        resources = {r.url for r in self.settings.resources} | {self.settings.default_resource.url}
-        for resource in resources:
-            await self.store.delete(CONSENTS, self._consent_key(sub, client_id, resource))
-        await self.store.delete(CONSENTS, self._approved_key(sub, client_id))
-
-    async def grant(self, grant_id: str) -> dict[str, Any] | None:
-        return await self.store.get(GRANTS, grant_id)
+    async def grant(self, grant_id: str) -> Grant | None:
+        """The grant record, revoked or not."""
+        record = await self.store.get(GRANTS, grant_id)
+        return Grant.from_record(grant_id, record) if record is not None else None
 
     async def revoke_grant(self, grant_id: str) -> None:
+        # Merged into whatever is stored: a grant not started yet (a code
+        # replay racing its first redemption) is revoked before it exists.
         existing = await self.store.get(GRANTS, grant_id) or {}
         await self.store.put(
             GRANTS, grant_id, {**existing, "revoked": True}, ttl=self.settings.refresh_token_ttl
@@ -216,75 +360,18 @@ class Grants:
         record = await self.store.get(GRANTS, grant_id)
         return record is not None and bool(record.get("revoked"))
 
-    # -- tokens -----------------------------------------------------------------
+    # -- refresh tokens ---------------------------------------------------------
 
-    async def issue(
-        self,
-        *,
-        grant_id: str,
-        client_id: str,
-        sub: str,
-        scope: list[str],
-        resource: str,
-        with_refresh: bool,
-        user: dict[str, Any],
-        nonce: str | None = None,
-        auth_time: int | None = None,
-        with_id_token: bool = True,
-        refresh_token: str | None = None,
-    ) -> IssuedTokens:
-        """``refresh_token``: the successor a rotation chose (its record is
-        written only if absent: a grace answer repeats the first one)."""
-        now = int(time.time())
-        ttl = self.settings.access_token_ttl
-        claims = {
-            "iss": self.issuer,
-            "sub": sub,
-            "aud": resource,
-            "client_id": client_id,
-            "scope": " ".join(scope),
-            "jti": uuid.uuid4().hex,
-            "iat": now,
-            "exp": now + ttl,
-            "gid": grant_id,
-        }
-        access_token = self.keys.sign(claims, typ=ACCESS_TOKEN_TYPE)
-        if not with_refresh:
-            refresh_token = None
-        elif refresh_token is None:
-            refresh_token = f"{grant_id}.{secrets.token_urlsafe(32)}"
-        if refresh_token is not None:
-            await self.store.put_if_absent(
-                REFRESH,
-                digest(refresh_token),
-                {
-                    "grant_id": grant_id,
-                    "client_id": client_id,
-                    "sub": sub,
-                    "scope": scope,
-                    "resource": resource,
-                    "used": False,
-                    "user": user,
-                    "auth_time": auth_time,
-                },
-                ttl=self.settings.refresh_token_ttl,
-            )
-        id_token = None
-        if with_id_token and "openid" in scope:
-            id_claims: dict[str, Any] = {
-                "iss": self.issuer,
-                "sub": sub,
-                "aud": client_id,
-                "iat": now,
-                "exp": now + ttl,
-            }
-            if auth_time:
-                id_claims["auth_time"] = auth_time
-            if nonce:
-                id_claims["nonce"] = nonce
-            id_claims.update(user_claims(user, scope))
-            id_token = self.keys.sign(id_claims, typ="JWT")
-        return IssuedTokens(access_token, ttl, scope, refresh_token, id_token)
+    async def keep_refresh(self, token: str, record: RefreshRecord) -> None:
+        """Written only if absent: a grace answer repeats the first one."""
+        await self.store.put_if_absent(
+            REFRESH, digest(token), record.to_record(), ttl=self.settings.refresh_token_ttl
+        )
+
+    async def refresh_record(self, token: str) -> RefreshRecord | None:
+        _grant_id, sep, _ = token.partition(".")
+        record = await self.store.get(REFRESH, digest(token)) if sep else None
+        return RefreshRecord.from_record(record) if record is not None else None
 
     async def rotate_refresh(self, token: str, client_id: str) -> Rotation:
         """Rotate a refresh token (RFC 9700 section 4.14.2), surviving what
@@ -300,35 +387,40 @@ class Grants:
         if not sep or len(token) > 512:
             raise InvalidGrant("invalid refresh token")
         key = digest(token)
-        record = await self.store.get(REFRESH, key)
-        if record is None:
+        stored = await self.store.get(REFRESH, key)
+        if stored is None:
             raise InvalidGrant("invalid or expired refresh token")
+        record = RefreshRecord.from_record(stored)
         # A revoked grant is refused first, so that a replay that revoked it
         # cannot be followed by a grace answer.
         if await self.is_grant_revoked(grant_id):
             raise InvalidGrant("this grant has been revoked")
-        if record.get("used"):
+        if record.used:
             # Rotated by a version without rotation records: strict as then.
             await self.revoke_for_reuse(grant_id, client_id, "rotated before grace existed")
-        if record["client_id"] != client_id:
+        if record.client_id != client_id:
             await self.revoke_for_reuse(
                 grant_id,
                 client_id,
                 "presented by another client",
                 "refresh token was issued to another client; its grant is revoked",
             )
-        successor = f"{grant_id}.{secrets.token_urlsafe(32)}"
+        successor = new_refresh_token(grant_id)
         now = time.time()
         rotation = {"grant_id": grant_id, "at": now, "sealed": seal_successor(successor, token)}
         if await self.store.put_if_absent(
             ROTATED, key, rotation, ttl=self.settings.refresh_token_ttl
         ):
             return Rotation(record, successor, grace=False)
-        first = await self.store.get(ROTATED, key)
+        return Rotation(record, await self._grace_successor(token, grant_id, client_id), True)
+
+    async def _grace_successor(self, token: str, grant_id: str, client_id: str) -> str:
+        """The successor the first rotation of ``token`` chose, within grace."""
+        first = await self.store.get(ROTATED, digest(token))
         if first is None:
             raise InvalidGrant("invalid or expired refresh token")
         grace = self.settings.refresh_reuse_grace_seconds
-        if grace <= 0 or now - float(first["at"]) > grace:
+        if grace <= 0 or time.time() - float(first["at"]) > grace:
             await self.revoke_for_reuse(grant_id, client_id, "reused after the grace period")
         try:
             successor = open_successor(str(first["sealed"]), token)
@@ -337,7 +429,7 @@ class Grants:
         if await self.store.get(ROTATED, digest(successor)) is not None:
             # Its successor was rotated too: this is an older token.
             await self.revoke_for_reuse(grant_id, client_id, "an older token reused")
-        return Rotation(record, successor, grace=True)
+        return successor
 
     async def revoke_for_reuse(
         self,
@@ -355,114 +447,8 @@ class Grants:
         raise InvalidGrant(message)
 
     async def revoke_refresh(self, token: str) -> bool:
-        _grant_id, sep, _ = token.partition(".")
-        record = await self.store.get(REFRESH, digest(token)) if sep else None
+        record = await self.refresh_record(token)
         if record is None:
             return False
-        await self.revoke_grant(record["grant_id"])
+        await self.revoke_grant(record.grant_id)
         return True
-
-    # -- access tokens ----------------------------------------------------------
-
-    def decode_access_token(self, token: str, audience: str | None = None) -> dict[str, Any]:
-        """Signature, issuer, audience, expiry and type of one of our access
-        tokens. A Convex session JWT fails here: wrong issuer, audience and type."""
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            raise InvalidToken("malformed token") from None
-        if header.get("typ") != ACCESS_TOKEN_TYPE:
-            raise InvalidToken("not an access token (typ must be at+jwt)")
-        entry = self.keys.verifying.get(str(header.get("kid")))
-        if entry is None or header.get("alg") != entry[0]:
-            raise InvalidToken("unknown signing key")
-        alg, key = entry
-        try:
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                key,
-                algorithms=[alg],
-                issuer=self.issuer,
-                leeway=LEEWAY,
-                options={
-                    "verify_aud": False,
-                    "require": ["exp", "iat", "sub", "iss", "aud", "jti", "client_id"],
-                },
-            )
-        except jwt.ExpiredSignatureError:
-            raise InvalidToken("token expired") from None
-        except jwt.PyJWTError as exc:
-            raise InvalidToken(f"invalid token: {exc}") from None
-        allowed = {audience} if audience else self.resource_urls
-        if claims["aud"] not in allowed:
-            raise InvalidToken("token is for another audience")
-        return claims
-
-    async def verify_access_token(self, token: str, audience: str | None = None) -> dict[str, Any]:
-        claims = self.decode_access_token(token, audience)
-        await self.check_not_revoked(claims)
-        return claims
-
-    async def check_not_revoked(self, claims: dict[str, Any]) -> None:
-        """Revoked by id, or through its grant (a replay or a refresh-token
-        revocation): either way refused on every replica sharing the store."""
-        if await self.store.get(REVOKED, claims["jti"]) is not None:
-            raise InvalidToken("token revoked")
-        if claims.get("gid") and await self.is_grant_revoked(claims["gid"]):
-            raise InvalidToken("token revoked")
-
-    async def revoke_access_token(self, claims: dict[str, Any]) -> None:
-        ttl = max(1, int(claims["exp"]) - int(time.time()) + LEEWAY)
-        await self.store.put(REVOKED, claims["jti"], {}, ttl=ttl)
-
-    # -- consent ----------------------------------------------------------------
-
-    @staticmethod
-    def _approved_key(sub: str, client_id: str) -> str:
-        return digest(f"{sub}\x00{client_id}")
-
-    @staticmethod
-    def _consent_key(sub: str, client_id: str, resource: str) -> str:
-        return digest(f"{sub}\x00{client_id}\x00{resource}")
-
-    async def remembered_consent(
-        self, sub: str, client_id: str, resource: str, scope: list[str]
-    ) -> bool:
-        return set(scope) <= await self.consented_scopes(sub, client_id, resource)
-
-    async def consented_scopes(self, sub: str, client_id: str, resource: str) -> set[str]:
-        """What this person already allowed this client on this resource
-        (with what those scopes include)."""
-        record = await self.store.get(CONSENTS, self._consent_key(sub, client_id, resource))
-        return self.settings.expand_scopes(record.get("scope", [])) if record else set()
-
-    async def has_approved(self, sub: str, client_id: str) -> bool:
-        """Whether this person has ever approved this client (any resource)."""
-        return await self.store.get(CONSENTS, self._approved_key(sub, client_id)) is not None
-
-    async def remember_consent(
-        self, sub: str, client_id: str, resource: str, scope: list[str]
-    ) -> None:
-        key = self._consent_key(sub, client_id, resource)
-        existing = await self.store.get(CONSENTS, key) or {}
-        merged = sorted(set(existing.get("scope", [])) | set(scope))
-        await self.store.put(CONSENTS, key, {"scope": merged}, ttl=CONSENT_TTL)
-        await self.store.put(
-            CONSENTS, self._approved_key(sub, client_id), {"approved": True}, ttl=CONSENT_TTL
-        )
-
-
-def user_index(sub: str) -> str:
-    """The namespace of one person's grant index (hashed: a user id never
-    becomes part of a store key pattern)."""
-    return f"user_grants:{digest(sub)[:32]}"
-
-
-def user_claims(user: dict[str, Any], scope: list[str]) -> dict[str, Any]:
-    """OpenID Connect Core section 5.4: claims by scope."""
-    claims: dict[str, Any] = {}
-    if "email" in scope and user.get("email"):
-        claims["email"] = user["email"]
-    if "profile" in scope and user.get("name"):
-        claims["name"] = user["name"]
-    return claims

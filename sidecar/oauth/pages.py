@@ -11,13 +11,20 @@ URI's origin (or its private-use scheme) is listed for that page alone.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PackageLoader, select_autoescape
+from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from sidecar.config import Settings
+from sidecar.oauth.client_model import Client
+from sidecar.oauth.errors import OAuthError, SlowDown
+from sidecar.store import StoreUnavailable
+from sidecar.urls import is_loopback
 
 BASE_HEADERS = {
     "X-Frame-Options": "DENY",  # RFC 9700 section 4.16, for browsers without CSP 2
@@ -96,6 +103,49 @@ class Pages:
     ) -> Response:
         return self.page("error.html", status, title=title, message=message, error=error)
 
+    def consent(
+        self,
+        client: Client,
+        *,
+        scope: tuple[str, ...],
+        allowed: set[str],
+        resource: str,
+        redirect_uri: str,
+        cookies: list[bytes],
+        **context: Any,
+    ) -> Response:
+        """The consent page. Step-up asks only for what is new; what the
+        person allowed before is listed apart."""
+        new = [s for s in scope if s not in allowed]
+        kept = [s for s in scope if s in allowed]
+        cimd = client.source == "cimd"
+        return self.page(
+            "consent.html",
+            cookies=cookies,
+            form_action=[form_action_source(redirect_uri)],
+            # With no-referrer a browser posts the form with ``Origin: null``,
+            # which the consent endpoint refuses; the 303 to the client still
+            # carries no-referrer, so the client never sees it.
+            referrer_policy="same-origin",
+            client_name=client.client_name or client.client_id,
+            client_uri=client.client_uri,
+            # CIMD: the document's host is what vouches for the name, so the
+            # person sees it beside the name; a document whose every redirect
+            # is localhost could have been published by anyone.
+            document_host=urlsplit(client.client_id).hostname if cimd else None,
+            only_localhost=cimd
+            and all(is_loopback(urlsplit(u).hostname) for u in client.redirect_uris),
+            unverified=client.source == "dcr",
+            redirect_host=redirect_host(redirect_uri),
+            # What a grant always lets a client do, whatever its scopes say
+            # (an MCP client may ask for nothing but offline_access).
+            scope_lines=([] if kept else [f"Act as you at {resource}, until you revoke it"])
+            + [SCOPE_WORDS.get(s, s) for s in new],
+            kept_lines=[SCOPE_WORDS.get(s, s) for s in kept],
+            resource=resource,
+            **context,
+        )
+
     def unavailable(self) -> Response:
         return self.error(
             "Temporarily unavailable",
@@ -104,6 +154,44 @@ class Pages:
         )
 
 
+def redirect_host(redirect_uri: str) -> str:
+    """How a redirect URI's destination is named to the person."""
+    parts = urlsplit(redirect_uri)
+    return parts.netloc or parts.scheme + ":"
+
+
 def add_cookies(response: Response, cookies: list[bytes] | None) -> None:
     for cookie in cookies or ():
         response.raw_headers.append((b"set-cookie", cookie))
+
+
+class ShowsPages(Protocol):
+    pages: Pages
+
+
+S = TypeVar("S", bound=ShowsPages)
+PageHandler = Callable[[S, Request], Awaitable[Response]]
+
+
+def html_page(handler: PageHandler[S]) -> PageHandler[S]:
+    """A page handler's errors as pages, in one place (as ``oauth_json`` is
+    for JSON): the store away is the one 503 page; a rate limit (SlowDown)
+    is 429 with its Retry-After; any other OAuthError raised by the handler
+    (a malformed query or form, a body too large or too slow) is an
+    "Invalid request" page with its status. Errors that go back to the
+    client as a redirect are the handler's own business."""
+
+    @functools.wraps(handler)
+    async def wrapped(self: S, request: Request) -> Response:
+        try:
+            return await handler(self, request)
+        except StoreUnavailable:
+            return self.pages.unavailable()
+        except SlowDown as exc:
+            response = self.pages.error("Too many requests", "Wait a moment and try again.", 429)
+            response.headers.update(exc.headers)
+            return response
+        except OAuthError as exc:
+            return self.pages.error("Invalid request", exc.description, exc.status)
+
+    return wrapped

@@ -16,6 +16,7 @@ from sidecar.config import load_settings
 from sidecar.keys import load_keyset
 from sidecar.oauth.errors import InvalidToken
 from sidecar.oauth.grants import Grants
+from sidecar.oauth.tokens import Tokens
 from sidecar.store import open_store
 from tests.e2e.conftest import Stack, start_stack
 from tests.support import fixtures
@@ -123,7 +124,7 @@ def test_script_in_error_descriptions_and_state_never_reaches_a_page_unescaped(
 
 
 @pytest.fixture
-def grants() -> Grants:
+def grants() -> Tokens:
     settings = load_settings(
         env={
             "JWKS": fixtures.text("static-jwks.json"),
@@ -131,10 +132,10 @@ def grants() -> Grants:
             "SIDECAR_RESOURCES": "/api/mcp",
         }
     )
-    return Grants(settings, open_store("memory://"), load_keyset(settings))
+    return Tokens(Grants(settings, open_store("memory://")), load_keyset(settings))
 
 
-def claims_for(grants: Grants) -> dict[str, object]:
+def claims_for(grants: Tokens) -> dict[str, object]:
     now = int(time.time())
     return {
         "iss": grants.issuer,
@@ -152,19 +153,19 @@ def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def test_a_genuine_token_verifies(grants: Grants) -> None:
+def test_a_genuine_token_verifies(grants: Tokens) -> None:
     token = grants.keys.sign(claims_for(grants), typ="at+jwt")
     assert grants.decode_access_token(token)["sub"] == "u"
 
 
-def test_alg_none_is_refused(grants: Grants) -> None:
+def test_alg_none_is_refused(grants: Tokens) -> None:
     header = {"alg": "none", "typ": "at+jwt", "kid": grants.keys.signing.kid}
     token = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims_for(grants)).encode())}."
     with pytest.raises(InvalidToken):
         grants.decode_access_token(token)
 
 
-def test_hs256_signed_with_the_public_key_is_refused(grants: Grants) -> None:
+def test_hs256_signed_with_the_public_key_is_refused(grants: Tokens) -> None:
     _, public = grants.keys.verifying[grants.keys.signing.kid]
     pem = public.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -181,7 +182,7 @@ def test_hs256_signed_with_the_public_key_is_refused(grants: Grants) -> None:
         grants.decode_access_token(f"{signing_input}.{b64(signature)}")
 
 
-def test_an_unknown_kid_is_refused(grants: Grants) -> None:
+def test_an_unknown_kid_is_refused(grants: Tokens) -> None:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -210,13 +211,13 @@ def test_a_token_from_a_retired_key_is_refused(tmp_path: object) -> None:
     env = {"SIDECAR_DATA_DIR": str(tmp_path), "SIDECAR_ACCESS_TOKEN_TTL": "60"}
     settings = load_settings(env=env)
     old = load_keyset(settings)
-    grants_old = Grants(settings, open_store("memory://"), old)
+    grants_old = Tokens(Grants(settings, open_store("memory://")), old)
     token = old.sign(claims_for(grants_old), typ="at+jwt")
     rotate_managed_keys(settings)
-    still = Grants(settings, open_store("memory://"), load_keyset(settings))
+    still = Tokens(Grants(settings, open_store("memory://")), load_keyset(settings))
     assert still.decode_access_token(token)["sub"] == "u"  # published until it expires
     rotate_managed_keys(settings, now=time.time() + 3600)  # the old key is retired
-    retired = Grants(settings, open_store("memory://"), load_keyset(settings))
+    retired = Tokens(Grants(settings, open_store("memory://")), load_keyset(settings))
     with pytest.raises(InvalidToken):
         retired.decode_access_token(token)
 

@@ -13,7 +13,8 @@ import jwt
 
 from sidecar.config import load_settings
 from sidecar.keys import load_keyset
-from sidecar.oauth.grants import Grants
+from sidecar.oauth.grants import Grants, Profile
+from sidecar.oauth.tokens import Tokens
 from sidecar.store import open_store
 from tests.support.processes import Process, running, start_sidecar
 
@@ -22,15 +23,15 @@ async def mint_refresh(env: dict[str, str], client_id: str) -> str:
     settings = load_settings(env=env)
     store = open_store(settings.store_url)
     await store.open()
-    grants = Grants(settings, store, load_keyset(settings))
-    issued = await grants.issue(
+    tokens = Tokens(Grants(settings, store), load_keyset(settings))
+    issued = await tokens.issue(
         grant_id="g-reload",
         client_id=client_id,
         sub="u",
         scope=["openid"],
         resource=settings.default_resource.url,
         with_refresh=True,
-        user={},
+        user=Profile(),
         with_id_token=False,
     )
     await store.close()

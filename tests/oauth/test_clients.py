@@ -9,7 +9,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sidecar.oauth.clients import client_from_metadata, is_valid_client_id, redirect_uri_matches
+from sidecar.oauth.client_model import (
+    client_from_metadata,
+    is_valid_client_id,
+    redirect_uri_matches,
+)
 from sidecar.oauth.errors import InvalidClientMetadata, InvalidRedirectUri
 from tests.support.processes import Process, running, start_sidecar
 

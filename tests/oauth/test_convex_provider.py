@@ -20,6 +20,7 @@ from sidecar.convex import providers
 from sidecar.keys import load_keyset
 from sidecar.oauth.errors import InvalidToken
 from sidecar.oauth.grants import Grants
+from sidecar.oauth.tokens import Tokens
 from sidecar.store import open_store
 from tests.support import fixtures
 
@@ -187,7 +188,7 @@ def test_a_convex_session_jwt_passes_only_the_convex_provider() -> None:
 
 def test_a_convex_session_jwt_is_refused_as_an_access_token() -> None:
     settings, keyset = settings_and_keys()
-    grants = Grants(settings, open_store("memory://"), keyset)
+    grants = Tokens(Grants(settings, open_store("memory://")), keyset)
     session = fixtures.load("convex-token.json")["token"]
     with pytest.raises(InvalidToken):
         grants.decode_access_token(session)
@@ -195,7 +196,7 @@ def test_a_convex_session_jwt_is_refused_as_an_access_token() -> None:
 
 def test_an_access_token_for_another_audience_is_refused() -> None:
     settings, keyset = settings_and_keys()
-    grants = Grants(settings, open_store("memory://"), keyset)
+    grants = Tokens(Grants(settings, open_store("memory://")), keyset)
     token = sidecar_token(settings, keyset)
     assert grants.decode_access_token(token, "https://app.example.com/api/mcp")["sub"] == "user-1"
     with pytest.raises(InvalidToken):

@@ -16,7 +16,8 @@ import pytest
 
 from sidecar.config import Settings, load_settings
 from sidecar.keys import load_keyset
-from sidecar.oauth.grants import Grants
+from sidecar.oauth.grants import AuthorizationCode, Grant, Grants, Profile
+from sidecar.oauth.tokens import Tokens
 from sidecar.store import open_store
 from tests.support import fixtures
 from tests.support.oauth import pkce_pair
@@ -45,35 +46,36 @@ class Cluster:
         settings = self.settings
         store = open_store(settings.store_url)
         await store.open()
-        grants = Grants(settings, store, load_keyset(settings))
+        grants = Grants(settings, store)
+        tokens = Tokens(grants, load_keyset(settings))
         verifier, challenge = pkce_pair()
         codes, refresh = [], []
         for i in range(n):
             codes.append(
                 await grants.new_code(
-                    {
-                        "client_id": client_id,
-                        "redirect_uri": REDIRECT,
-                        "code_challenge": challenge,
-                        "scope": ["openid", "email"],
-                        "resource": settings.default_resource.url,
-                        "nonce": None,
-                        "sub": f"user-{i}",
-                        "user": {"email": f"u{i}@example.com"},
-                        "auth_time": 1,
-                    }
+                    AuthorizationCode(
+                        client_id=client_id,
+                        redirect_uri=REDIRECT,
+                        code_challenge=challenge,
+                        scope=("openid", "email"),
+                        resource=settings.default_resource.url,
+                        nonce=None,
+                        sub=f"user-{i}",
+                        user=Profile(email=f"u{i}@example.com"),
+                        auth_time=1,
+                    )
                 )
             )
             gid = f"grant-{i}-{time.monotonic_ns()}"
-            await grants.start_grant(gid, {"client_id": client_id, "sub": f"user-{i}"})
-            issued = await grants.issue(
+            await grants.start_grant(Grant(grant_id=gid, client_id=client_id, sub=f"user-{i}"))
+            issued = await tokens.issue(
                 grant_id=gid,
                 client_id=client_id,
                 sub=f"user-{i}",
                 scope=["openid", "email"],
                 resource=settings.default_resource.url,
                 with_refresh=True,
-                user={},
+                user=Profile(),
                 with_id_token=False,
             )
             assert issued.refresh_token

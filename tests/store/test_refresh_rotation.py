@@ -12,10 +12,15 @@ import pytest
 from sidecar.config import load_settings
 from sidecar.keys import load_keyset
 from sidecar.oauth.errors import InvalidGrant
-from sidecar.oauth.grants import REFRESH, ROTATED, Grants, digest
+from sidecar.oauth.grants import REFRESH, ROTATED, Grant, Grants, Profile
+from sidecar.oauth.hashing import digest
+from sidecar.oauth.tokens import Tokens
 from sidecar.store import Store
 
 pytestmark = pytest.mark.anyio
+
+
+TOKENS: dict[Grants, Tokens] = {}  # what each test's grants sign with
 
 
 def grants_on(store: Store, tmp_path: Path, grace: int = 30) -> Grants:
@@ -25,22 +30,23 @@ def grants_on(store: Store, tmp_path: Path, grace: int = 30) -> Grants:
             "SIDECAR_REFRESH_REUSE_GRACE_SECONDS": str(grace),
         }
     )
-    return Grants(settings, store, load_keyset(settings))
+    grants = Grants(settings, store)
+    TOKENS[grants] = Tokens(grants, load_keyset(settings))
+    return grants
 
 
 async def first_pair(grants: Grants, grant_id: str = "g1", sub: str = "ada") -> str:
     await grants.start_grant(
-        grant_id,
-        {"client_id": "c", "sub": sub, "scope": ["openid"], "resource": grants.settings.public_url},
+        Grant(grant_id, "c", sub, scope=("openid",), resource=grants.settings.public_url)
     )
-    issued = await grants.issue(
+    issued = await TOKENS[grants].issue(
         grant_id=grant_id,
         client_id="c",
         sub=sub,
         scope=["openid"],
         resource=grants.settings.public_url,
         with_refresh=True,
-        user={},
+        user=Profile(),
         with_id_token=False,
     )
     assert issued.refresh_token
@@ -51,14 +57,14 @@ async def refresh(grants: Grants, token: str) -> str:
     """What the token endpoint does with a refresh token: rotate, then store
     the successor's record as issue() does."""
     rotation = await grants.rotate_refresh(token, "c")
-    issued = await grants.issue(
-        grant_id=rotation.record["grant_id"],
+    issued = await TOKENS[grants].issue(
+        grant_id=rotation.record.grant_id,
         client_id="c",
-        sub=rotation.record["sub"],
-        scope=rotation.record["scope"],
-        resource=rotation.record["resource"],
+        sub=rotation.record.sub,
+        scope=list(rotation.record.scope),
+        resource=rotation.record.resource,
         with_refresh=True,
-        user={},
+        user=Profile(),
         with_id_token=False,
         refresh_token=rotation.successor,
     )

@@ -103,31 +103,31 @@ async def test_a_persons_grants_are_indexed_listed_and_ended_on_every_backend(
     """The connected-apps page and `sidecar grants`: the person -> grants
     index is one record per grant (one command per write on Redis)."""
     from sidecar.config import load_settings
-    from sidecar.keys import load_keyset
-    from sidecar.oauth.grants import Grants
+    from sidecar.oauth.consents import Consents
+    from sidecar.oauth.grants import Grant, Grants
 
     settings = load_settings(env={"SIDECAR_DATA_DIR": str(tmp_path / "keys")})
-    grants = Grants(settings, store, load_keyset(settings))
+    consents = Consents(settings, store)
+    grants = Grants(settings, store, consents)
     for grant_id, sub, client in (
         ("g1", "ada", "notes"),
         ("g2", "ada", "notes"),
         ("g3", "bob", "notes"),
     ):
         await grants.start_grant(
-            grant_id,
-            {"client_id": client, "sub": sub, "scope": ["openid"], "resource": settings.public_url},
+            Grant(grant_id, client, sub, scope=("openid",), resource=settings.public_url)
         )
-    await grants.remember_consent("ada", "notes", settings.public_url, ["openid"])
+    await consents.remember_consent("ada", "notes", settings.public_url, ["openid"])
     await grants.note_refresh("g2")
     listed = await grants.grants_of("ada")
-    assert [g["grant_id"] for g in listed] == ["g1", "g2"]
-    assert listed[1]["last_refreshed"] is not None
-    assert {g["grant_id"] for g in await grants.all_grants()} == {"g1", "g2", "g3"}
+    assert [g.grant_id for g in listed] == ["g1", "g2"]
+    assert listed[1].last_refreshed is not None
+    assert {g.grant_id for g in await grants.all_grants()} == {"g1", "g2", "g3"}
     for grant in listed:
         await grants.end_grant(grant)
     assert await grants.grants_of("ada") == []
     assert await grants.is_grant_revoked("g1")
     assert await grants.is_grant_revoked("g2")
     assert not await grants.is_grant_revoked("g3")  # another person's grant of the same client
-    assert not await grants.remembered_consent("ada", "notes", settings.public_url, ["openid"])
-    assert not await grants.has_approved("ada", "notes")
+    assert not await consents.remembered_consent("ada", "notes", settings.public_url, ["openid"])
+    assert not await consents.has_approved("ada", "notes")

@@ -139,8 +139,7 @@ def mint_code_form(env: dict[str, str], client_id: str, redirect_uri: str) -> di
     import asyncio
 
     from sidecar.config import load_settings
-    from sidecar.keys import load_keyset
-    from sidecar.oauth.grants import Grants
+    from sidecar.oauth.grants import AuthorizationCode, Grants, Profile
     from sidecar.store import open_store
 
     settings = load_settings(env=env)
@@ -150,18 +149,18 @@ def mint_code_form(env: dict[str, str], client_id: str, redirect_uri: str) -> di
         store = open_store(settings.store_url)
         await store.open()
         try:
-            return await Grants(settings, store, load_keyset(settings)).new_code(
-                {
-                    "client_id": client_id,
-                    "redirect_uri": redirect_uri,
-                    "code_challenge": challenge,
-                    "scope": ["openid"],
-                    "resource": settings.default_resource.url,
-                    "nonce": None,
-                    "sub": "u",
-                    "user": {},
-                    "auth_time": 1,
-                }
+            return await Grants(settings, store).new_code(
+                AuthorizationCode(
+                    client_id=client_id,
+                    redirect_uri=redirect_uri,
+                    code_challenge=challenge,
+                    scope=("openid",),
+                    resource=settings.default_resource.url,
+                    nonce=None,
+                    sub="u",
+                    user=Profile(),
+                    auth_time=1,
+                )
             )
         finally:
             await store.close()

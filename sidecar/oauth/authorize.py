@@ -254,7 +254,7 @@ class AuthorizationEndpoint:
             if skippable and set(pending.scope) <= allowed:
                 authorization_outcome("remembered", client_family(client))
                 if stored and await self.pending.take(pending.request_id) is None:
-                    return self.already_handled()
+                    return self.pages.already_handled()
                 return await self.approve(pending, user, cookies)
             if "none" not in prompt:
                 return await self.show_consent(pending, client, user, cookies, allowed)
@@ -281,30 +281,17 @@ class AuthorizationEndpoint:
             # person reloading keeps theirs, so a second tab still works.
             pending = dataclasses.replace(pending, sub=user.sub, csrf=secrets.token_urlsafe(32))
             await self.pending.save(pending)
-        label = user.email or user.name or user.sub
-        return self.consent_page(pending, client, label, cookies, allowed)
-
-    def consent_page(
-        self,
-        pending: PendingAuthorization,
-        client: Client,
-        user_label: str,
-        cookies: list[bytes],
-        allowed: set[str] | None = None,
-    ) -> Response:
-        """Step-up asks only for what is new; what the person allowed before
-        is listed apart."""
         return self.pages.consent(
             client,
             scope=pending.scope,
-            allowed=allowed or set(),
+            allowed=allowed,
             resource=pending.resource,
             redirect_uri=pending.redirect_uri,
-            user_label=user_label,
+            user_label=user.email or user.name or user.sub,
             cookies=cookies,
             action=f"{self.settings.public_url}/oauth/consent",
             request_id=pending.request_id,
-            csrf=pending.csrf or "",
+            csrf=pending.csrf,
         )
 
     async def approve(
@@ -328,18 +315,6 @@ class AuthorizationEndpoint:
             params["state"] = pending.state
         return self.redirect_to_client(pending.redirect_uri, params, cookies, status)
 
-    def expired(self) -> Response:
-        return self.pages.error(
-            "This sign-in request has expired",
-            "Go back to the application and connect again.",
-            400,
-        )
-
-    def already_handled(self) -> Response:
-        return self.pages.error(
-            "Request already handled", "This sign-in request was already completed.", 400
-        )
-
     # -- GET /oauth/authorize/continue -----------------------------------------
 
     @html_page
@@ -348,7 +323,7 @@ class AuthorizationEndpoint:
         pending = await self.pending.get(query_params(request).get("request", ""))
         client = await self.clients.get(pending.client_id) if pending else None
         if pending is None or client is None:
-            return self.expired()
+            return self.pages.expired()
         return await self.resume(request, pending, client, stored=True)
 
     # -- POST /oauth/consent ----------------------------------------------------
@@ -362,12 +337,12 @@ class AuthorizationEndpoint:
         form = await form_params(request, self.settings.max_body_bytes, self.settings.body_timeout)
         pending = await self.pending.get(form.get("request", ""))
         if pending is None or not pending.bound:
-            return self.expired()
+            return self.pages.expired()
         # CSRF (RFC 9700 section 4.7): the token is the one shown to the
         # person this pending request is bound to, and that person is the
         # one signed in now.
         if not hmac.compare_digest(form.get("csrf", "").encode(), str(pending.csrf).encode()):
-            return self.refused_form()
+            return self.pages.refused_form()
         try:
             session = await self.browser.live_session(request)
         except UpstreamError:
@@ -385,9 +360,9 @@ class AuthorizationEndpoint:
         # Single use: a replayed or double-clicked form finds nothing.
         taken = await self.pending.take(pending.request_id)
         if taken is None:
-            return self.already_handled()
+            return self.pages.already_handled()
         if taken.sub != user.sub or taken.csrf != pending.csrf:
-            return self.refused_form()  # rebound to someone else since the read
+            return self.pages.refused_form()  # rebound to someone else since the read
         client = await self.clients.get(pending.client_id)
         authorization_outcome(
             "approved" if decision == "approve" else "denied", client_family(client)
@@ -402,6 +377,3 @@ class AuthorizationEndpoint:
             user.sub, pending.client_id, pending.resource, pending.scope
         )
         return await self.approve(pending, user, session.set_cookies, status=303)
-
-    def refused_form(self) -> Response:
-        return self.pages.error("Request refused", "The form could not be verified.", 403)

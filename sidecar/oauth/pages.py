@@ -146,6 +146,19 @@ class Pages:
             **context,
         )
 
+    def expired(self) -> Response:
+        return self.error(
+            "This sign-in request has expired", "Go back to the application and connect again."
+        )
+
+    def already_handled(self) -> Response:
+        return self.error(
+            "Request already handled", "This sign-in request was already completed.", 400
+        )
+
+    def refused_form(self) -> Response:
+        return self.error("Request refused", "The form could not be verified.", 403)
+
     def unavailable(self) -> Response:
         return self.error(
             "Temporarily unavailable",

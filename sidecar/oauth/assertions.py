@@ -56,10 +56,11 @@ class ClientKeys:
         self.documents = documents
         # jwks_uri -> (keys by kid, fresh until, last fetched)
         self._cache: OrderedDict[str, tuple[dict[str, jwt.PyJWK], float, float]] = OrderedDict()
+        self._inline_cache: OrderedDict[str, dict[str, jwt.PyJWK]] = OrderedDict()
 
     async def key(self, client: Client, kid: str) -> jwt.PyJWK | None:
         if client.jwks is not None:
-            return parse_key_set(client.jwks).get(kid)
+            return self._inline(client.jwks).get(kid)
         if not client.jwks_uri:
             return None
         keys = await self._keys(client.jwks_uri, refresh=False)
@@ -68,6 +69,18 @@ class ClientKeys:
             # once per REFETCH_PAUSE, so made-up kids cannot make us fetch.
             keys = await self._keys(client.jwks_uri, refresh=True)
         return keys.get(kid)
+
+    def _inline(self, jwks: dict[str, Any]) -> dict[str, jwt.PyJWK]:
+        """Registered keys, parsed once (a key object costs about as much to
+        build as a signature check)."""
+        text = json.dumps(jwks, sort_keys=True)
+        parsed = self._inline_cache.get(text)
+        if parsed is None:
+            parsed = parse_key_set(jwks)
+            self._inline_cache[text] = parsed
+            while len(self._inline_cache) > CACHE_SIZE:
+                self._inline_cache.popitem(last=False)
+        return parsed
 
     async def _keys(self, uri: str, *, refresh: bool) -> dict[str, jwt.PyJWK]:
         now = time.monotonic()

@@ -139,7 +139,9 @@ class Pages:
             redirect_host=redirect_host(redirect_uri),
             # What a grant always lets a client do, whatever its scopes say
             # (an MCP client may ask for nothing but offline_access).
-            scope_lines=([] if kept else [f"Act as you at {resource}, until you revoke it"])
+            scope_lines=(
+                [] if kept else [f"Act as you at {resource}, until you revoke it in Connected apps"]
+            )
             + [SCOPE_WORDS.get(s, s) for s in new],
             kept_lines=[SCOPE_WORDS.get(s, s) for s in kept],
             resource=resource,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from collections import OrderedDict
 
 import structlog
 from starlette.requests import Request
@@ -34,9 +35,18 @@ def _retry_after(now: float) -> int:
     return max(1, int((int(now // WINDOW) + 1) * WINDOW - now))
 
 
+BLOCK_CACHE_SECONDS = 1.0  # how late a block set by another replica may be seen
+BLOCK_CACHE_SIZE = 10_000
+
+
 class RateLimiter:
     def __init__(self, store: Store) -> None:
         self.store = store
+        # "kind:key" -> (monotonic time until which the answer holds, blocked
+        # until this wall-clock time or 0): a popular client's every token
+        # request asks whether its address and its client_id are blocked,
+        # and one store read a second per key answers all of them.
+        self._blocks: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
     def refuse(self, limit: str, family: str, retry_after: int) -> SlowDown:
         """The 429 names the limit that fired, in its metric and a log line."""
@@ -60,9 +70,23 @@ class RateLimiter:
 
     async def refuse_if_blocked(self, kind: str, key: str, family: str = "") -> None:
         """A 429 while ``key`` has used up its failures for this minute."""
-        blocked = await self.store.get(NS_BLOCK, f"{kind}:{key}")
-        if blocked is not None:
-            raise self.refuse(kind, family, _retry_after(time.time()))
+        name = f"{kind}:{key}"
+        now = time.time()
+        cached = self._blocks.get(name)
+        if cached is None or cached[0] < time.monotonic():
+            record = await self.store.get(NS_BLOCK, name)
+            until = float(record.get("until", now + 1)) if record is not None else 0.0
+            self._remember(name, until)
+        else:
+            until = cached[1]
+        if until > now:
+            raise self.refuse(kind, family, _retry_after(now))
+
+    def _remember(self, name: str, until: float) -> None:
+        self._blocks[name] = (time.monotonic() + BLOCK_CACHE_SECONDS, until)
+        self._blocks.move_to_end(name)
+        while len(self._blocks) > BLOCK_CACHE_SIZE:
+            self._blocks.popitem(last=False)
 
     async def count_failure(self, kind: str, key: str, limit: int) -> None:
         """One refused request; the ``limit``-th blocks ``key`` until the
@@ -73,9 +97,9 @@ class RateLimiter:
         window = int(now // WINDOW)
         count = await self.store.incr(NS_COUNT, f"{kind}:{key}:{window}", ttl=WINDOW)
         if count == limit:
-            await self.store.put(
-                NS_BLOCK, f"{kind}:{key}", {"until": (window + 1) * WINDOW}, ttl=_retry_after(now)
-            )
+            until = (window + 1) * WINDOW
+            await self.store.put(NS_BLOCK, f"{kind}:{key}", {"until": until}, ttl=_retry_after(now))
+            self._remember(f"{kind}:{key}", until)
 
 
 def client_ip(request: Request, settings: Settings) -> str:

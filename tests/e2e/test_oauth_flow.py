@@ -510,3 +510,15 @@ def test_no_request_in_this_module_caused_a_server_error(oauth_stack: Stack) -> 
     records = oauth_stack.sidecar.log_records()
     assert not [r for r in records if r.get("status") == 500]
     assert "Traceback" not in oauth_stack.sidecar.log_text()
+
+
+def test_the_consent_page_says_what_a_grant_allows_even_when_no_scope_names_it(
+    oauth_stack: Stack, browser: Browser, client: OAuthClient
+) -> None:
+    # An MCP SDK client for a resource that names no scopes asks for
+    # offline_access alone; the page still says what it may then do.
+    page = browser.get(client.authorize_url(scope="offline_access"))
+    assert page.status_code == 200, page.text
+    resource = f"{oauth_stack.sidecar.url}/api/mcp"
+    assert f"Act as you at {resource}, until you revoke it in Connected apps" in page.text
+    assert "Stay connected when you are not using it" in page.text

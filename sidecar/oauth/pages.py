@@ -140,7 +140,9 @@ class Pages:
             # What a grant always lets a client do, whatever its scopes say
             # (an MCP client may ask for nothing but offline_access).
             scope_lines=(
-                [] if kept else [f"Act as you at {resource}, until you revoke it in Connected apps"]
+                []
+                if kept
+                else ["Act as you on the service below, until you revoke it in Connected apps"]
             )
             + [SCOPE_WORDS.get(s, s) for s in new],
             kept_lines=[SCOPE_WORDS.get(s, s) for s in kept],

@@ -520,5 +520,6 @@ def test_the_consent_page_says_what_a_grant_allows_even_when_no_scope_names_it(
     page = browser.get(client.authorize_url(scope="offline_access"))
     assert page.status_code == 200, page.text
     resource = f"{oauth_stack.sidecar.url}/api/mcp"
-    assert f"Act as you at {resource}, until you revoke it in Connected apps" in page.text
+    assert "Act as you on the service below, until you revoke it in Connected apps" in page.text
+    assert f"<code>{resource}</code>" in page.text
     assert "Stay connected when you are not using it" in page.text

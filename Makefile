@@ -84,6 +84,7 @@ lint: install
 	$(BIN)/ruff check sidecar tests bench demo fuzz
 	$(BIN)/ruff format --check sidecar tests bench demo fuzz
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/hadolint deploy/Dockerfile
 	$(BIN)/kubernetes-validate --strict --quiet deploy/kubernetes/*.yaml
 

@@ -3,6 +3,8 @@ same load generator, so the printed ratios compare like with like.
 
 (a) a trivial local upstream: small JSON and 1 MiB bodies, concurrency 1/16/64;
 (b) the real Node Better Auth server's GET /api/auth/get-session, signed in.
+(j) one person's grants read beside a million unrelated Redis keys
+    (bench/store_scale.py), empty and filled, same run.
 
 Uses wrk when installed (Debian package `wrk`), else a small aiohttp load
 generator in a separate process (slower itself; the ratios are still fair).
@@ -143,6 +145,7 @@ def main() -> int:
             "workers",
             "image",
             "client-auth",
+            "store-scale",
         ],
         default=None,
     )
@@ -235,6 +238,10 @@ def main() -> int:
                 run_client_auth(args.seconds, args.baseline)
             else:
                 print("\n(i) skipped: needs wrk")
+        if args.only in (None, "store-scale"):
+            from bench.store_scale import run as run_store_scale
+
+            run_store_scale(args.seconds)
         if args.only in (None, "image"):
             from bench.image import run as run_image
 

@@ -50,6 +50,7 @@ from sidecar.routes import RouteTable, check_served_as_configured, discovery_pat
 from sidecar.session import SessionBridge
 from sidecar.store import Store, open_store
 from sidecar.store.instrumented import InstrumentedStore
+from sidecar.store.shape import migrate_at_start
 
 log = structlog.get_logger("sidecar")
 
@@ -224,6 +225,8 @@ class SidecarApp:
         self._key_age = asyncio.create_task(self._key_age_forever())
         await self.upstream.open()
         await self.store.open()
+        # What earlier releases wrote, in this release's shape (README, "Scale").
+        self._migration = await migrate_at_start(self.store, self.grants.migrations())
         await self.documents.open()
         if self.keys.generated_now:
             log.info(
@@ -257,6 +260,8 @@ class SidecarApp:
             self.metrics_server.server_close()
         await self.upstream.close()
         await self.documents.close()
+        if (migration := getattr(self, "_migration", None)) is not None:
+            migration.cancel()
         await self.store.close()
         log.info("sidecar stopped")
 

@@ -240,9 +240,17 @@ async def _clients(settings: Settings, args: argparse.Namespace) -> int:
                 print("registration_unused_ttl is 0: registrations are kept; nothing pruned")
                 return 0
             from sidecar.oauth.grants import Grants
+            from sidecar.store.shape import migrate
 
             grants = Grants(settings, store)
-            holding = {g.client_id for g in await grants.all_grants()}
+            await migrate(store, grants.migrations())
+            # What each self-registered client holds is read from its own
+            # collection, never from every grant.
+            holding = {
+                c.client_id
+                for c in await registry.all()
+                if c.source == "dcr" and await grants.grants_of_client(c.client_id)
+            }
             removed = await registry.prune(settings.registration_unused_ttl, holding)
             for client_id in removed:
                 print(f"removed {client_id}")
@@ -284,11 +292,13 @@ async def _grants(settings: Settings, args: argparse.Namespace) -> int:
 
     from sidecar.oauth.grants import Grants
     from sidecar.store import StoreUnavailable, open_store
+    from sidecar.store.shape import migrate
 
     store = open_store(settings.store_url)
     try:
         await store.open()
         grants = Grants(settings, store)
+        await migrate(store, grants.migrations())
         if getattr(args, "grant_id", None):
             one = await grants.live_grant(args.grant_id)
             if one is None:
@@ -296,6 +306,8 @@ async def _grants(settings: Settings, args: argparse.Namespace) -> int:
             found = [one]
         elif args.user:
             found = await grants.grants_of(args.user)
+        elif args.client:
+            found = await grants.grants_of_client(args.client)
         else:
             found = await grants.all_grants()
         if args.client:

@@ -36,7 +36,7 @@ from sidecar.oauth.errors import (
     UnsupportedGrantType,
     error_response,
 )
-from sidecar.oauth.grants import Grant, Grants, Profile
+from sidecar.oauth.grants import Grant, Grants, Profile, RefreshRecord
 from sidecar.oauth.params import form_params, read_body
 from sidecar.oauth.ratelimit import RateLimiter, client_ip, is_trusted_egress
 from sidecar.oauth.tokens import IssuedTokens, Tokens, user_claims
@@ -209,18 +209,25 @@ class OAuthEndpoints:
         token = form.get("refresh_token")
         if not token:
             raise InvalidRequest("refresh_token is required")
-        rotation = await self.grants.rotate_refresh(token, client.client_id)
+
+        def asked(record: RefreshRecord) -> list[str]:
+            """The scope this refresh asks for; checked before the rotation,
+            so a refused request leaves the token as it was."""
+            scope = list(record.scope)
+            if form.get("scope"):
+                narrowed = form["scope"].split()
+                if not set(narrowed) <= set(scope):
+                    raise InvalidScope("a refresh may only narrow the scope")
+                scope = narrowed
+            resource = form.get("resource")
+            if resource and _canonical_or_none(resource) != record.resource:
+                raise InvalidTarget("a refresh token keeps its resource")
+            return scope
+
+        rotation = await self.grants.rotate_refresh(token, client.client_id, asked)
         record = rotation.record
         await self.grants.note_refresh(record.grant_id)
-        scope = list(record.scope)
-        if form.get("scope"):
-            narrowed = form["scope"].split()
-            if not set(narrowed) <= set(scope):
-                raise InvalidScope("a refresh may only narrow the scope")
-            scope = narrowed
-        resource = form.get("resource")
-        if resource and _canonical_or_none(resource) != record.resource:
-            raise InvalidTarget("a refresh token keeps its resource")
+        scope = asked(record)
         tokens = await self.tokens.issue(
             grant_id=record.grant_id,
             client_id=client.client_id,

@@ -10,6 +10,13 @@ redemptions of one code, exactly one sees it unused. A refresh token is
 rotated by one atomic ``put_if_absent`` of its rotation record, which names
 its successor (see :meth:`Grants.rotate_refresh` for the grace period).
 
+What one person or one client holds is read from a collection under one key
+(``GRANTS_OF_PERSON``, ``GRANTS_OF_CLIENT``: member = grant id), so the
+connected-apps page, ``sidecar grants list --user`` or ``--client`` and
+``sidecar clients prune`` cost what that person or client holds, never the
+keyspace (README, "Scale"). The grant record stays the truth: a member whose
+grant is revoked or gone is skipped and dropped.
+
 The records are typed here and written in exactly the JSON shapes earlier
 versions wrote, so a running deployment's records read back. No keys: what
 is signed is in :mod:`sidecar.oauth.tokens`.
@@ -17,11 +24,13 @@ is signed is in :mod:`sidecar.oauth.tokens`.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +46,7 @@ from sidecar.oauth.errors import InvalidGrant
 from sidecar.oauth.hashing import digest
 from sidecar.observability.metrics import token_event
 from sidecar.store import Record, Store
+from sidecar.store.shape import Migration
 
 CODES, GRANTS, REFRESH = "codes", "grants", "refresh"
 # Last refresh per grant, apart from the grant record: a refresh never
@@ -45,6 +55,14 @@ ACTIVITY = "grant_activity"
 # digest(refresh token) -> its rotation: when, and its successor sealed under
 # a key only the holder of the rotated token can derive.
 ROTATED = "refresh_rotated"
+# The collections: one per person (by hashed user id), one per client (by
+# hashed client id); each member is a grant id.
+GRANTS_OF_PERSON = "grants_of_person"
+GRANTS_OF_CLIENT = "grants_of_client"
+# The store's shapes (sidecar.store.shape): 1 held grant records only; 2 kept
+# one record per grant in a namespace per person (``user_index``); 3 keeps
+# the collections above.
+SHAPE_GRANT_COLLECTIONS = 3
 
 log = structlog.get_logger("sidecar.oauth")
 
@@ -244,9 +262,19 @@ def open_successor(sealed: str, token: str) -> str:
 
 
 def user_index(sub: str) -> str:
-    """The namespace of one person's grant index (hashed: a user id never
-    becomes part of a store key pattern)."""
+    """The namespace of one person's grant index in shape 2 (hashed: a user
+    id never becomes part of a store key pattern); read by no release since."""
     return f"user_grants:{digest(sub)[:32]}"
+
+
+def person_key(sub: str) -> str:
+    """One person's collection key (hashed, as ``user_index`` was)."""
+    return digest(sub)[:32]
+
+
+def client_key(client_id: str) -> str:
+    """One client's collection key (hashed: a client id may be a URL)."""
+    return digest(client_id)[:32]
 
 
 def new_refresh_token(grant_id: str) -> str:
@@ -295,12 +323,32 @@ class Grants:
         # redemption that won still gets its answer, but every token in it
         # carries the grant id and is refused from the start.
         ttl = self.settings.refresh_token_ttl
-        await self.store.put_if_absent(GRANTS, grant.grant_id, grant.to_record(), ttl=ttl)
-        # The person -> grants index: one record per grant in the person's own
-        # namespace, so each write is one store operation (one SET on Redis).
-        await self.store.put(
-            user_index(grant.sub), grant.grant_id, {"client_id": grant.client_id}, ttl=ttl
+        if await self.store.put_if_absent(GRANTS, grant.grant_id, grant.to_record(), ttl=ttl):
+            await self._index(grant)
+
+    async def _index(self, grant: Grant, ttl: float | None = None) -> None:
+        """The grant in its person's and its client's collections (each one
+        store operation; replacing a member is harmless, so this may run
+        again)."""
+        ttl = ttl or self.settings.refresh_token_ttl
+        await self.store.add_member(
+            GRANTS_OF_PERSON,
+            person_key(grant.sub),
+            grant.grant_id,
+            {"client_id": grant.client_id},
+            ttl=ttl,
         )
+        await self.store.add_member(
+            GRANTS_OF_CLIENT,
+            client_key(grant.client_id),
+            grant.grant_id,
+            {"sub": grant.sub},
+            ttl=ttl,
+        )
+
+    async def _unindex(self, grant_id: str, sub: str, client_id: str) -> None:
+        await self.store.remove_member(GRANTS_OF_PERSON, person_key(sub), grant_id)
+        await self.store.remove_member(GRANTS_OF_CLIENT, client_key(client_id), grant_id)
 
     async def note_refresh(self, grant_id: str) -> None:
         await self.store.put(
@@ -318,12 +366,26 @@ class Grants:
         return Grant.from_record(grant_id, record, await self._last_refreshed(grant_id))
 
     async def grants_of(self, sub: str) -> list[Grant]:
-        """The person's live grants, oldest first."""
+        """The person's live grants, oldest first (reads their collection)."""
+        return await self._collected(GRANTS_OF_PERSON, person_key(sub), lambda g: g.sub == sub)
+
+    async def grants_of_client(self, client_id: str) -> list[Grant]:
+        """The client's live grants, oldest first (reads its collection)."""
+        return await self._collected(
+            GRANTS_OF_CLIENT, client_key(client_id), lambda g: g.client_id == client_id
+        )
+
+    async def _collected(self, ns: str, key: str, belongs: Callable[[Grant], bool]) -> list[Grant]:
+        ids = [grant_id for grant_id, _ in await self.store.members(ns, key)]
         found = []
-        for grant_id, _ in await self.store.scan(user_index(sub)):
-            grant = await self.live_grant(grant_id)
-            if grant is not None and grant.sub == sub:
+        for grant_id, grant in zip(
+            ids, await asyncio.gather(*(self.live_grant(i) for i in ids)), strict=True
+        ):
+            if grant is not None and belongs(grant):
                 found.append(grant)
+            else:
+                # Revoked, expired, or (a digest collision) someone else's.
+                await self.store.remove_member(ns, key, grant_id)
         return sorted(found, key=lambda g: g.created)
 
     async def all_grants(self) -> list[Grant]:
@@ -340,7 +402,6 @@ class Grants:
         tokens on every replica) and forget the consent behind it, so the next
         authorization of that client asks the person again."""
         await self.revoke_grant(grant.grant_id)
-        await self.store.delete(user_index(grant.sub), grant.grant_id)
         await self.consents.forget_consent(grant.sub, grant.client_id)
 
     async def grant(self, grant_id: str) -> Grant | None:
@@ -355,6 +416,33 @@ class Grants:
         await self.store.put(
             GRANTS, grant_id, {**existing, "revoked": True}, ttl=self.settings.refresh_token_ttl
         )
+        if existing.get("sub") and existing.get("client_id"):
+            await self._unindex(grant_id, str(existing["sub"]), str(existing["client_id"]))
+
+    # -- the store's shape -------------------------------------------------------
+
+    def migrations(self) -> list[Migration]:
+        """What brings a store written by an earlier release to this one's
+        shape (run at start-up by :func:`sidecar.store.shape.migrate`)."""
+        return [
+            Migration(SHAPE_GRANT_COLLECTIONS, "grants by person and client", self.index_grants)
+        ]
+
+    async def index_grants(self) -> int:
+        """Every live grant into its person's and its client's collections.
+
+        Walks the grant records themselves (their namespace's own index on
+        Redis), so it carries both earlier shapes at once: grants written
+        before any person index existed (shape 1) and those of the index per
+        person (shape 2), which holds nothing its grant record does not.
+        Idempotent: a replica starting at the same time does the same."""
+        carried = 0
+        for grant_id, record in await self.store.scan(GRANTS):
+            if record.get("revoked") or not record.get("sub") or not record.get("client_id"):
+                continue
+            await self._index(Grant.from_record(grant_id, record))
+            carried += 1
+        return carried
 
     async def is_grant_revoked(self, grant_id: str) -> bool:
         record = await self.store.get(GRANTS, grant_id)
@@ -373,7 +461,12 @@ class Grants:
         record = await self.store.get(REFRESH, digest(token)) if sep else None
         return RefreshRecord.from_record(record) if record is not None else None
 
-    async def rotate_refresh(self, token: str, client_id: str) -> Rotation:
+    async def rotate_refresh(
+        self,
+        token: str,
+        client_id: str,
+        check: Callable[[RefreshRecord], object] | None = None,
+    ) -> Rotation:
         """Rotate a refresh token (RFC 9700 section 4.14.2), surviving what
         real clients do. The first use records the rotation and its successor
         in one atomic ``put_if_absent``; of any number of concurrent uses,
@@ -382,7 +475,12 @@ class Grants:
         sharing one credentials file), while its successor has not been
         rotated in turn, it is answered with that same successor, so every
         racer ends up holding the one live token. Later, or for any older
-        token, the reuse is read as theft and the grant is revoked."""
+        token, the reuse is read as theft and the grant is revoked.
+
+        ``check`` sees the presented token's record before anything is
+        written and may refuse the request (an OAuthError): a refresh refused
+        for what it asked (RFC 6749 section 6: a wider scope, another
+        resource) consumes nothing, and the token still refreshes."""
         grant_id, sep, _ = token.partition(".")
         if not sep or len(token) > 512:
             raise InvalidGrant("invalid refresh token")
@@ -405,6 +503,8 @@ class Grants:
                 "presented by another client",
                 "refresh token was issued to another client; its grant is revoked",
             )
+        if check is not None:
+            check(record)
         successor = new_refresh_token(grant_id)
         now = time.time()
         rotation = {"grant_id": grant_id, "at": now, "sealed": seal_successor(successor, token)}

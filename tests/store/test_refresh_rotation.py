@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from sidecar.config import load_settings
+from sidecar.convex import ConvexTokens
 from sidecar.keys import load_keyset
-from sidecar.oauth.errors import InvalidGrant
+from sidecar.oauth.client_model import Client, client_from_metadata
+from sidecar.oauth.clients import ClientRegistry
+from sidecar.oauth.endpoints import OAuthEndpoints
+from sidecar.oauth.errors import InvalidGrant, InvalidScope, InvalidTarget
 from sidecar.oauth.grants import REFRESH, ROTATED, Grant, Grants, Profile
 from sidecar.oauth.hashing import digest
+from sidecar.oauth.ratelimit import RateLimiter
 from sidecar.oauth.tokens import Tokens
 from sidecar.store import Store
 
@@ -161,3 +167,57 @@ async def test_the_store_keeps_no_usable_refresh_token(store: Store, tmp_path: P
     started = time.monotonic()
     assert await refresh(grants, rt1) == rt2  # only the holder of rt1 can read it
     assert time.monotonic() - started < 5
+
+
+def endpoints_on(grants: Grants) -> tuple[OAuthEndpoints, Client]:
+    """The token endpoint's refresh, as /oauth/token runs it, and its client."""
+    tokens = TOKENS[grants]
+    endpoints = OAuthEndpoints(
+        grants.settings,
+        ClientRegistry(grants.store),
+        grants,
+        tokens,
+        tokens.keys,
+        RateLimiter(grants.store),
+        ConvexTokens(grants.settings, tokens.keys),
+    )
+    client, _ = client_from_metadata(
+        {
+            "client_name": "c",
+            "redirect_uris": ["http://127.0.0.1:1/cb"],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "token_endpoint_auth_method": "none",
+        },
+        grants.settings.scopes,
+    )
+    return endpoints, replace(client, client_id="c")
+
+
+@pytest.mark.parametrize(
+    ("asked", "refused"),
+    [
+        ({"scope": "openid email"}, InvalidScope),
+        ({"resource": "https://elsewhere.example/mcp"}, InvalidTarget),
+    ],
+)
+async def test_a_refused_refresh_consumes_nothing(
+    store: Store, tmp_path: Path, asked: dict[str, str], refused: type[Exception]
+) -> None:
+    """A refresh refused for what it asks (a wider scope, another resource)
+    leaves its token as it was: with no grace at all, the same token then
+    refreshes and the grant lives on."""
+    grants = grants_on(store, tmp_path, grace=0)
+    endpoints, client = endpoints_on(grants)
+    rt1 = await first_pair(grants)
+    with pytest.raises(refused):
+        await endpoints.refresh({"refresh_token": rt1, **asked}, client)
+    assert await store.get(ROTATED, digest(rt1)) is None
+    issued = await endpoints.refresh({"refresh_token": rt1}, client)
+    assert issued.refresh_token
+    assert issued.refresh_token != rt1
+    assert issued.scope == ["openid"]
+    assert not await grants.is_grant_revoked("g1")
+    narrowed = await endpoints.refresh(
+        {"refresh_token": issued.refresh_token, "scope": "openid"}, client
+    )
+    assert narrowed.refresh_token

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import OrderedDict
 from typing import Any
 
 from sidecar.config import Settings
+from sidecar.expiring import ExpiringCache
 from sidecar.keys import KeySet
 
 CACHE_SIZE = 10_000
@@ -37,21 +37,19 @@ class ConvexTokens:
         self.keys = keys
         self.ttl = settings.convex_token_ttl
         # access token jti -> (the minted token, its expiry)
-        self._minted: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._minted: ExpiringCache[str, str] = ExpiringCache(CACHE_SIZE)
 
     def for_access_token(self, claims: dict[str, Any]) -> str:
         """The Convex token for a verified access token, reused while more
         than half its life is left (signing costs about 0.4 ms; a reuse, a
         dictionary look-up)."""
         now = time.time()
-        cached = self._minted.get(claims["jti"])
-        if cached is not None and cached[1] - now > self.ttl / 2:
-            return cached[0]
+        cached = self._minted.get(claims["jti"], now)
+        if cached is not None:
+            return cached
         token, exp = self.mint(claims, now)
-        self._minted[claims["jti"]] = (token, exp)
-        self._minted.move_to_end(claims["jti"])
-        while len(self._minted) > CACHE_SIZE:
-            self._minted.popitem(last=False)
+        # Reused until half its life is gone.
+        self._minted.put(claims["jti"], token, exp - self.ttl / 2)
         return token
 
     def mint(self, claims: dict[str, Any], now: float | None = None) -> tuple[str, float]:

@@ -8,40 +8,25 @@ signs from then on; older keys stay published until their tokens expire.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import os
 
 import structlog
 
 from sidecar.config import Settings
+from sidecar.expiring import watch_files
 from sidecar.keys.keyset import KeySet, keys_file, load_keyset
 
 log = structlog.get_logger("sidecar.keys")
 CHECK_EVERY = 2.0  # seconds
 
 
-def _mtime(path: os.PathLike[str] | str) -> float | None:
-    try:
-        return os.stat(path).st_mtime_ns / 1e9
-    except OSError:
-        return None
-
-
 async def watch_key_file(settings: Settings, keyset: KeySet, on_change: object = None) -> None:
-    path = keys_file(settings)
-    seen = _mtime(path)
-    while True:
-        await asyncio.sleep(CHECK_EVERY)
-        current = _mtime(path)
-        if current is None or current == seen:
-            continue
-        seen = current
+    def reload() -> None:
         try:
             fresh = load_keyset(settings)
         except Exception as exc:  # a half-written or broken file: keep the keys we have
             log.warning("signing keys not reloaded", error=str(exc))
-            continue
+            return
         for field in dataclasses.fields(KeySet):
             if field.name != "generated_now":
                 setattr(keyset, field.name, getattr(fresh, field.name))
@@ -50,3 +35,5 @@ async def watch_key_file(settings: Settings, keyset: KeySet, on_change: object =
         )
         if callable(on_change):
             on_change()
+
+    await watch_files([keys_file(settings)], reload, CHECK_EVERY)

@@ -29,6 +29,7 @@ from typing import Any
 import jwt
 import structlog
 
+from sidecar.expiring import ExpiringCache
 from sidecar.oauth.cimd import MetadataDocuments
 from sidecar.oauth.client_model import ALGORITHMS, Client, parse_key_set
 from sidecar.oauth.errors import InvalidClient
@@ -56,7 +57,7 @@ class ClientKeys:
         self.documents = documents
         # jwks_uri -> (keys by kid, fresh until, last fetched)
         self._cache: OrderedDict[str, tuple[dict[str, jwt.PyJWK], float, float]] = OrderedDict()
-        self._inline_cache: OrderedDict[str, dict[str, jwt.PyJWK]] = OrderedDict()
+        self._inline_cache: ExpiringCache[str, dict[str, jwt.PyJWK]] = ExpiringCache(CACHE_SIZE)
 
     async def key(self, client: Client, kid: str) -> jwt.PyJWK | None:
         if client.jwks is not None:
@@ -74,12 +75,10 @@ class ClientKeys:
         """Registered keys, parsed once (a key object costs about as much to
         build as a signature check)."""
         text = json.dumps(jwks, sort_keys=True)
-        parsed = self._inline_cache.get(text)
+        parsed = self._inline_cache.get(text, 0.0)
         if parsed is None:
             parsed = parse_key_set(jwks)
-            self._inline_cache[text] = parsed
-            while len(self._inline_cache) > CACHE_SIZE:
-                self._inline_cache.popitem(last=False)
+            self._inline_cache.put(text, parsed, float("inf"))
         return parsed
 
     async def _keys(self, uri: str, *, refresh: bool) -> dict[str, jwt.PyJWK]:

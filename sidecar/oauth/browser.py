@@ -6,7 +6,6 @@ page and back."""
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from urllib.parse import urlencode, urlsplit
 
 import structlog
@@ -14,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from sidecar.config import Settings
+from sidecar.expiring import ExpiringCache
 from sidecar.oauth.pages import add_cookies
 from sidecar.oauth.ratelimit import RateLimiter, client_ip
 from sidecar.session import SessionBridge
@@ -48,7 +48,7 @@ class Browser:
         self.bridge = bridge
         self.limiter = limiter
         # Better Auth session id -> until when the app's confirmation holds.
-        self._confirmed: OrderedDict[str, float] = OrderedDict()
+        self._confirmed: ExpiringCache[str, bool] = ExpiringCache(CONFIRMED_SESSIONS)
 
     async def check_rate(self, request: Request) -> None:
         """Raises SlowDown (a 429 page, :func:`html_page`) when this address
@@ -79,7 +79,7 @@ class Browser:
             return session  # anonymous, or the app was asked just now
         ttl = self.settings.session_recheck_seconds
         now = time.monotonic()
-        if ttl > 0 and user.session_id and self._confirmed.get(user.session_id, 0.0) > now:
+        if ttl > 0 and user.session_id and self._confirmed.get(user.session_id, now):
             return session
         confirmed = await self.who(request, confirm=True)
         cookies = session.set_cookies + confirmed.set_cookies
@@ -89,10 +89,7 @@ class Browser:
         if ttl > 0 and user.session_id:
             # Kept in this process (each replica asks the app once per period):
             # the hot path of a remembered consent stays free of store reads.
-            self._confirmed[user.session_id] = now + ttl
-            self._confirmed.move_to_end(user.session_id)
-            while len(self._confirmed) > CONFIRMED_SESSIONS:
-                self._confirmed.popitem(last=False)
+            self._confirmed.put(user.session_id, True, now + ttl)
         return SessionLookup(confirmed.user, cookies, confirmed.source)
 
     def login_redirect(self, request_id: str, cookies: list[bytes]) -> Response:

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections import OrderedDict
 
 import structlog
 from starlette.requests import Request
 
 from sidecar.config import Settings
 from sidecar.edge.address import client_address, is_trusted
+from sidecar.expiring import ExpiringCache
 from sidecar.oauth.errors import SlowDown
 from sidecar.observability.metrics import RATE_LIMITED
 from sidecar.store import Store
@@ -46,7 +46,7 @@ class RateLimiter:
         # until this wall-clock time or 0): a popular client's every token
         # request asks whether its address and its client_id are blocked,
         # and one store read a second per key answers all of them.
-        self._blocks: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._blocks: ExpiringCache[str, float] = ExpiringCache(BLOCK_CACHE_SIZE)
 
     def refuse(self, limit: str, family: str, retry_after: int) -> SlowDown:
         """The 429 names the limit that fired, in its metric and a log line."""
@@ -72,21 +72,13 @@ class RateLimiter:
         """A 429 while ``key`` has used up its failures for this minute."""
         name = f"{kind}:{key}"
         now = time.time()
-        cached = self._blocks.get(name)
-        if cached is None or cached[0] < time.monotonic():
+        until = self._blocks.get(name, time.monotonic())
+        if until is None:
             record = await self.store.get(NS_BLOCK, name)
             until = float(record.get("until", now + 1)) if record is not None else 0.0
-            self._remember(name, until)
-        else:
-            until = cached[1]
+            self._blocks.put(name, until, time.monotonic() + BLOCK_CACHE_SECONDS)
         if until > now:
             raise self.refuse(kind, family, _retry_after(now))
-
-    def _remember(self, name: str, until: float) -> None:
-        self._blocks[name] = (time.monotonic() + BLOCK_CACHE_SECONDS, until)
-        self._blocks.move_to_end(name)
-        while len(self._blocks) > BLOCK_CACHE_SIZE:
-            self._blocks.popitem(last=False)
 
     async def count_failure(self, kind: str, key: str, limit: int) -> None:
         """One refused request; the ``limit``-th blocks ``key`` until the
@@ -99,7 +91,7 @@ class RateLimiter:
         if count == limit:
             until = (window + 1) * WINDOW
             await self.store.put(NS_BLOCK, f"{kind}:{key}", {"until": until}, ttl=_retry_after(now))
-            self._remember(f"{kind}:{key}", until)
+            self._blocks.put(f"{kind}:{key}", until, time.monotonic() + BLOCK_CACHE_SECONDS)
 
 
 def client_ip(request: Request, settings: Settings) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import socket
 from types import FrameType
@@ -15,6 +14,7 @@ import uvicorn
 
 from sidecar.app import create_app
 from sidecar.config import Settings
+from sidecar.expiring import watch_files
 from sidecar.observability.logging import configure_logging
 from sidecar.runtime.allocator import tune_malloc
 from sidecar.runtime.protocol import sidecar_protocol
@@ -48,33 +48,23 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
 CERT_CHECK_EVERY = 2.0  # seconds, as for the signing key file
 
 
-def _mtimes(*paths: str) -> tuple[int, ...]:
-    try:
-        return tuple(os.stat(p).st_mtime_ns for p in paths)
-    except OSError:
-        return ()
-
-
 async def watch_certificate(config: uvicorn.Config, certfile: str, keyfile: str) -> None:
     """A certificate renewed on disk (certbot, cert-manager) takes effect for
     new connections without a restart: OpenSSL hands each new connection the
     context's current certificate."""
     log = structlog.get_logger("sidecar")
-    seen = _mtimes(certfile, keyfile)
-    while True:
-        await asyncio.sleep(CERT_CHECK_EVERY)
-        current = _mtimes(certfile, keyfile)
-        if not current or current == seen:
-            continue
-        seen = current
+
+    def reload() -> None:
         if config.ssl is None:
             return
         try:
             config.ssl.load_cert_chain(certfile, keyfile)
         except (OSError, ValueError) as exc:  # a half-written pair: keep serving the old one
             log.warning("TLS certificate not reloaded", error=str(exc))
-            continue
+            return
         log.info("TLS certificate reloaded", certfile=certfile)
+
+    await watch_files([certfile, keyfile], reload, CERT_CHECK_EVERY)
 
 
 class Server(uvicorn.Server):

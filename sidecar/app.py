@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sidecar.asgi import CONTEXT
 from sidecar.config import ConfigError, Settings, check_serving
 from sidecar.convex import ConvexTokens
 from sidecar.edge.limits import SizeLimits
@@ -126,9 +127,7 @@ class SidecarApp:
             if settings.serves_tls and settings.hsts_max_age
             else None
         )
-        self.app: ASGIApp = AccessMiddleware(
-            self._dispatch, self.routes.classify, log_requests=settings.access_log
-        )
+        self.app: ASGIApp = AccessMiddleware(self._dispatch, log_requests=settings.access_log)
 
     def oauth_routes(self) -> list[Route]:
         e, a = self.endpoints, self.authz
@@ -164,26 +163,38 @@ class SidecarApp:
         return None
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Where a request goes, decided once: the sidecar's own routes, the
+        gateway (a path under a resource, under any spelling) or the app.
+        The access log's route class is named here; a request to the app
+        keeps the one it starts with, ``proxy``."""
         path = scope["path"]
-        owned = self.routes.owns(path)
-        # The gateway decides on the path as sent (scope["path"] is already
-        # percent-decoded), so every spelling the app could route is seen.
-        raw: bytes | None = scope.get("raw_path")
-        guarded = None if owned else self.gateway.match(raw.decode("latin-1") if raw else path)
-        if self.hsts is not None and scope["type"] == "http" and (owned or guarded is not None):
+        route = self.routes.route_class(path)
+        guarded = None
+        if route is None:
+            # The gateway decides on the path as sent (scope["path"] is
+            # already percent-decoded), so every spelling the app could
+            # route is seen.
+            raw: bytes | None = scope.get("raw_path")
+            guarded = self.gateway.match(raw.decode("latin-1") if raw else path)
+            if guarded is None:
+                if scope["type"] == "http":
+                    await self.proxy.http(scope, receive, send)  # one coroutine frame less
+                else:
+                    await self.proxy(scope, receive, send)
+                return
+            route = self.gateway.route_class(guarded)
+        if (ctx := scope.get(CONTEXT)) is not None:
+            ctx.route = route
+        if self.hsts is not None and scope["type"] == "http":
             send = with_header(send, b"strict-transport-security", self.hsts)
-        if owned:
+        if guarded is None:
             if await self.limits.refuse(scope, send, query=True):
                 return
             await self.owned(scope, receive, send)
-        elif guarded is not None:
+        else:
             if await self.limits.refuse(scope, send, query=False):
                 return
             await self.gateway(guarded, scope, receive, send)
-        elif scope["type"] == "http":
-            await self.proxy.http(scope, receive, send)  # one coroutine frame less
-        else:
-            await self.proxy(scope, receive, send)
 
     async def jwks_document(self, request: Request) -> Response:
         """The public keys, rebuilt only when the key set changes (a reload)."""

@@ -28,7 +28,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="OAuth 2.1 for MCP clients in front of a Better Auth + Convex app.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    check = sub.add_parser("check-config", help="print the effective configuration")
+    _config_args(check)
+    convex = sub.add_parser(
+        "convex-auth-config",
+        help="print the convex/auth.config.ts provider entry that accepts the Convex tokens",
+    )
+    _config_args(convex)
+    convex.add_argument("--json", action="store_true", help="the provider entries as JSON")
+    _keys_parser(sub)
+    _clients_parser(sub)
+    _doctor_parser(sub)
+    _grants_parser(sub)
+    return parser
 
+
+def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = sub.add_parser("serve", help="run the sidecar")
     _config_args(serve)
     serve.add_argument("--host", help="listen address (SIDECAR_HOST)")
@@ -39,22 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", help="serving processes on one port, or auto (SIDECAR_WORKERS; default 1)"
     )
 
-    check = sub.add_parser("check-config", help="print the effective configuration")
-    _config_args(check)
 
-    convex = sub.add_parser(
-        "convex-auth-config",
-        help="print the convex/auth.config.ts provider entry that accepts the Convex tokens",
-    )
-    _config_args(convex)
-    convex.add_argument("--json", action="store_true", help="the provider entries as JSON")
-
+def _keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     keys = sub.add_parser("keys", help="signing keys")
     _config_args(keys)
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     keys_sub.add_parser("list", help="the published keys and which one signs")
     keys_sub.add_parser("rotate", help="add a key that signs from now on (own-key mode)")
 
+
+def _clients_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     clients = sub.add_parser("clients", help="pre-registered OAuth clients")
     _config_args(clients)
     clients_sub = clients.add_subparsers(dest="clients_command", required=True)
@@ -83,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="forget self-registered clients never used (registration_unused_ttl)",
     )
 
+
+def _doctor_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     doctor = sub.add_parser(
         "doctor", help="check a deployment from outside, as MCP clients meet it: a checklist"
     )
@@ -94,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--login-return-param", default="callbackURL")
     doctor.add_argument("--ca-file", help="trust this CA (a private one) for https")
 
+
+def _grants_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     grants = sub.add_parser("grants", help="what people have granted to clients")
     _config_args(grants)
     grants_sub = grants.add_subparsers(dest="grants_command", required=True)
@@ -107,7 +121,6 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("grant_id", nargs="?", help="one grant")
     which.add_argument("--user", help="every grant of this Better Auth user id")
     which.add_argument("--client", help="every grant of this client")
-    return parser
 
 
 def _load(args: argparse.Namespace) -> Settings:

@@ -15,6 +15,7 @@ from sidecar.config import ConfigError, Resource, Settings
 
 OAUTH_PREFIX = "/oauth"
 PRM_PREFIX = "/.well-known/oauth-protected-resource"
+HEALTH_PREFIXES = ("/oauth/healthz", "/oauth/readyz")
 
 
 class Guard(Protocol):
@@ -75,12 +76,14 @@ class RouteTable:
         self.settings = settings
 
     def owns(self, path: str) -> bool:
-        return path == OAUTH_PREFIX or path.startswith(self.prefixes) or path in self.exact
+        return self.route_class(path) is not None
 
-    def classify(self, path: str) -> str:
-        if path.startswith(("/oauth/healthz", "/oauth/readyz")):
-            return "health"
-        return "oauth" if self.owns(path) else "proxy"
+    def route_class(self, path: str) -> str | None:
+        """The access log's route class of a path the sidecar serves itself,
+        ``health`` or ``oauth``; None for a path that is the app's."""
+        if path == OAUTH_PREFIX or path.startswith(self.prefixes) or path in self.exact:
+            return "health" if path.startswith(HEALTH_PREFIXES) else "oauth"
+        return None
 
 
 def check_served_as_configured(settings: Settings, routes: RouteTable, gateway: Guard) -> None:

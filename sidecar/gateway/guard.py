@@ -32,12 +32,13 @@ import json
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
 from starlette.types import Receive, Scope, Send
 
-from sidecar.asgi import send_json
+from sidecar.asgi import FORWARDING, Forwarding, send_json
 from sidecar.config import Resource, Settings
 from sidecar.convex import ConvexTokens
 from sidecar.oauth.errors import InvalidToken
@@ -56,6 +57,12 @@ CACHE_SIZE = 10_000
 _HEADER_TOKEN = re.compile(r"[\x21-\x7e]+")  # one visible-ASCII word: sub, client_id
 _HEADER_TEXT = re.compile(r"[\x20-\x7e]*")  # visible ASCII and spaces: scope
 _NOT_QDTEXT = re.compile(r"[^\x20-\x7e]")
+_CORS_EXPOSE = (b"access-control-expose-headers", b"WWW-Authenticate, Mcp-Session-Id")
+_CORS_ANY = ((b"access-control-allow-origin", b"*"), _CORS_EXPOSE)
+_VARY_ORIGIN = ((b"vary", b"Origin"),)
+# A verified token that still may not pass (RFC 6750 section 3.1).
+_UNCARRIABLE = (401, "invalid_token", "the token's identity cannot be carried in a header")
+_INSUFFICIENT_SCOPE = (403, "insufficient_scope", "the token lacks a required scope")
 
 
 class Ambiguous:
@@ -119,28 +126,20 @@ class Gateway:
             return AMBIGUOUS
         return touched[0]
 
-    def cors_headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
+    def cors_headers(self, scope: Scope) -> tuple[tuple[bytes, bytes], ...]:
         """Fetch standard: a browser lets a page read a cross-origin answer
         (and its WWW-Authenticate) only with these."""
         if not self.cors_origins:
-            return []
+            return ()
         if "*" in self.cors_origins:
-            allowed = b"*"
-        else:
-            origin = _header(scope["headers"], b"origin")
-            if origin is None or origin.decode("latin-1").lower() not in self.cors_origins:
-                return [(b"vary", b"Origin")]
-            allowed = origin
-        headers = [
-            (b"access-control-allow-origin", allowed),
-            (b"access-control-expose-headers", b"WWW-Authenticate, Mcp-Session-Id"),
-        ]
-        if allowed != b"*":
-            headers.append((b"vary", b"Origin"))
-        return headers
+            return _CORS_ANY
+        origin = _header(scope["headers"], b"origin")
+        if origin is None or origin.decode("latin-1").lower() not in self.cors_origins:
+            return _VARY_ORIGIN
+        return ((b"access-control-allow-origin", origin), _CORS_EXPOSE, *_VARY_ORIGIN)
 
     async def preflight(self, scope: Scope, send: Send) -> None:
-        headers = self.cors_headers(scope)
+        headers = list(self.cors_headers(scope))
         if any(name == b"access-control-allow-origin" for name, _ in headers):
             headers += [
                 (b"access-control-allow-methods", b"GET, POST, DELETE, OPTIONS"),
@@ -158,6 +157,12 @@ class Gateway:
     def prm_url(self, resource: Resource) -> str:
         return self.settings.public_url + prm_path(resource)
 
+    def route_class(self, target: Resource | Ambiguous) -> str:
+        """The access log's route class of a request under a resource:
+        ``gateway`` where the gateway checks (or refuses) it, ``proxy`` where
+        it passes through unchecked (a resource that is not enforced)."""
+        return "gateway" if isinstance(target, Ambiguous) or target.mode == "enforce" else "proxy"
+
     async def __call__(
         self, target: Resource | Ambiguous, scope: Scope, receive: Receive, send: Send
     ) -> None:
@@ -170,28 +175,12 @@ class Gateway:
             await self.proxy(scope, receive, send)
             return
         if isinstance(target, Ambiguous):
-            scope["sidecar"].route = "gateway"
-            token_event("refused", "gateway_ambiguous_path")
-            await self._answer(
-                scope,
-                receive,
-                send,
-                400,
-                {
-                    "error": "invalid_request",
-                    "error_description": (
-                        "the path resolves differently under different routers "
-                        "(a dot segment or an encoded separator) near a protected resource"
-                    ),
-                },
-                self.cors_headers(scope),
-            )
+            await self._refuse_ambiguous(scope, receive, send)
             return
         resource = target
         if resource.mode != "enforce":
             await self.proxy(scope, receive, send)
             return
-        scope["sidecar"].route = "gateway"
         if (
             kind == "http"
             and scope["method"] == "OPTIONS"
@@ -216,15 +205,18 @@ class Gateway:
             )
             return
         except StoreUnavailable:
-            await self._answer(
-                scope,
-                receive,
-                send,
-                503,
-                {"error": "temporarily_unavailable", "error_description": "try again shortly"},
-                [(b"retry-after", b"5"), *self.cors_headers(scope)],
-            )
+            await self._unavailable(scope, receive, send)
             return
+        refusal = self._refusal(claims, resource)
+        if refusal is not None:
+            await self._challenge(scope, receive, send, resource, *refusal)
+            return
+        scope[FORWARDING] = self._forwarding(claims, scope)
+        await self.proxy(scope, receive, send)
+
+    def _refusal(self, claims: dict[str, Any], resource: Resource) -> tuple[int, str, str] | None:
+        """Why a verified token may still not pass (status, error,
+        description), or None when it may."""
         sub, client_id, scopes = claims.get("sub"), claims.get("client_id"), claims.get("scope", "")
         if not (
             isinstance(sub, str)
@@ -236,43 +228,59 @@ class Gateway:
         ):
             # RFC 9110 section 5.5: these become header values upstream; a
             # claim with a control or non-ASCII character never does.
-            await self._challenge(
-                scope,
-                receive,
-                send,
-                resource,
-                401,
-                "invalid_token",
-                "the token's identity cannot be carried in a header",
-            )
-            return
+            return _UNCARRIABLE
         granted = expand_scopes(self.settings, scopes.split())
         if not set(resource.scopes) <= granted:
-            await self._challenge(
-                scope,
-                receive,
-                send,
-                resource,
-                403,
-                "insufficient_scope",
-                "the token lacks a required scope",
-            )
-            return
+            return _INSUFFICIENT_SCOPE
+        return None
+
+    def _forwarding(self, claims: dict[str, Any], scope: Scope) -> Forwarding:
+        """How the proxy forwards a request whose token passed (the claims
+        :meth:`_refusal` let through)."""
         p = self.settings.identity_header_prefix
         # The same for an upgrade as for a request: the app sees the person,
         # never the client's token (MCP authorization: no token passthrough).
-        scope["sidecar_identity"] = [
-            (f"{p}User-Id".lower(), sub),
-            (f"{p}Client-Id".lower(), client_id),
-            (f"{p}Scopes".lower(), scopes),
-            (f"{p}Convex-Token".lower(), self.convex.for_access_token(claims)),
-        ]
-        if not self.settings.forward_access_token:
-            scope["sidecar_drop_authorization"] = True
-        # The answer of a verified request is readable by the page that sent
-        # it, as the preflight promised, unless the app says otherwise.
-        scope["sidecar_cors"] = self.cors_headers(scope)
-        await self.proxy(scope, receive, send)
+        return Forwarding(
+            identity=(
+                (f"{p}User-Id".lower(), claims["sub"]),
+                (f"{p}Client-Id".lower(), claims["client_id"]),
+                (f"{p}Scopes".lower(), claims.get("scope", "")),
+                (f"{p}Convex-Token".lower(), self.convex.for_access_token(claims)),
+            ),
+            drop_authorization=not self.settings.forward_access_token,
+            # The answer of a verified request is readable by the page that
+            # sent it, as the preflight promised, unless the app says otherwise.
+            cors=self.cors_headers(scope),
+        )
+
+    async def _refuse_ambiguous(self, scope: Scope, receive: Receive, send: Send) -> None:
+        token_event("refused", "gateway_ambiguous_path")
+        await self._answer(
+            scope,
+            receive,
+            send,
+            400,
+            {
+                "error": "invalid_request",
+                "error_description": (
+                    "the path resolves differently under different routers "
+                    "(a dot segment or an encoded separator) near a protected resource"
+                ),
+            },
+            self.cors_headers(scope),
+        )
+
+    async def _unavailable(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The store that says whether a token was revoked cannot be asked:
+        nothing passes unchecked (fail closed), the client may retry."""
+        await self._answer(
+            scope,
+            receive,
+            send,
+            503,
+            {"error": "temporarily_unavailable", "error_description": "try again shortly"},
+            [(b"retry-after", b"5"), *self.cors_headers(scope)],
+        )
 
     async def verify(self, token: str, resource: Resource) -> dict[str, Any]:
         claims = self.tokens.decode_access_token(token, audience=resource.url)
@@ -328,7 +336,7 @@ class Gateway:
         send: Send,
         status: int,
         body: dict[str, Any],
-        headers: list[tuple[bytes, bytes]],
+        headers: Sequence[tuple[bytes, bytes]],
     ) -> None:
         """The gateway's own answer. For a WebSocket upgrade it is sent
         before any handshake (RFC 6455 section 4.2.2: a server refuses with

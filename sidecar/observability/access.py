@@ -2,19 +2,23 @@
 
 Plain ASGI rather than BaseHTTPMiddleware: that one breaks streaming and
 contextvars (Starlette documents both).
+
+Every request starts as ``proxy``; the app's dispatcher, which decides once
+where a request goes, names any other route class on the request's context
+(``health``, ``oauth``, ``gateway``) before it is served.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sidecar.asgi import CONTEXT
 from sidecar.observability import logging as sidecar_logging
 from sidecar.observability.context import CURRENT_REQUEST_ID, RequestContext, request_id_from
 from sidecar.observability.metrics import REQUEST_SECONDS, REQUESTS
@@ -35,9 +39,8 @@ def http_date() -> bytes:
 
 
 class AccessMiddleware:
-    def __init__(self, app: ASGIApp, classify: Callable[[str], str], log_requests: bool = True):
+    def __init__(self, app: ASGIApp, log_requests: bool = True):
         self.app = app
-        self.classify = classify
         self.log_requests = log_requests
         self.direct_json = sidecar_logging.JSON_INFO_LINES
         # (route, status) -> the metric children: labels() takes a lock and
@@ -58,10 +61,8 @@ class AccessMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        ctx = RequestContext(
-            request_id=request_id_from(scope["headers"]), route=self.classify(scope["path"])
-        )
-        scope["sidecar"] = ctx
+        ctx = RequestContext(request_id=request_id_from(scope["headers"]), route="proxy")
+        scope[CONTEXT] = ctx
         bound = CURRENT_REQUEST_ID.set(ctx.request_id)
         status = 0
         request_id_header = (b"x-request-id", ctx.request_id.encode("ascii"))

@@ -1,7 +1,8 @@
 """Per-request context: the request id, the route class and timings.
 
 The access middleware puts one :class:`RequestContext` in the ASGI scope under
-``"sidecar"``; the proxy and the OAuth handlers fill in what they learn.
+:data:`sidecar.asgi.CONTEXT`; the dispatcher decides its route class, the
+proxy fills in its timings.
 """
 
 from __future__ import annotations
@@ -12,14 +13,17 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+from sidecar.asgi import CONTEXT
+
 # An inbound X-Request-Id is kept only when it is short and plain, so it can
 # never smuggle anything into a log line or an upstream header.
 _SAFE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{8,128}")
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestContext:
     request_id: str
+    # The access log's route class: health, oauth, gateway or proxy.
     route: str
     upstream_ms: float | None = None
 
@@ -45,8 +49,8 @@ def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
 
 
 def context_of(scope: dict[str, Any] | Any) -> RequestContext:
-    ctx = scope.get("sidecar")
+    ctx = scope.get(CONTEXT)
     if ctx is None:  # called outside the access middleware (unit tests)
         ctx = RequestContext(request_id=new_request_id(), route="unknown")
-        scope["sidecar"] = ctx
+        scope[CONTEXT] = ctx
     return ctx

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import structlog
 from starlette.types import Receive, Scope, Send
 
-from sidecar.asgi import ON_DISCONNECT, send_json
+from sidecar.asgi import FORWARDING, ON_DISCONNECT, Forwarding, send_json
 from sidecar.config import Settings
 from sidecar.edge.address import is_trusted
 from sidecar.observability.context import context_of
@@ -42,6 +42,57 @@ _UNSAFE_FIELD = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
 
 class ClientDisconnected(Exception):
     """The client went away before the response was complete."""
+
+
+class _Exchange:
+    """How one proxied request is cut short: the response timeout, as a
+    plain timer (asyncio.timeout with its reschedules cost about 5 µs a
+    request here, the timer about 1.3), and the client's going away. Either
+    cancels the task serving the request."""
+
+    __slots__ = ("disconnected", "loop", "task", "timed_out", "timeout", "timer")
+
+    def __init__(self, timeout: float) -> None:
+        self.task = asyncio.current_task()
+        self.loop = asyncio.get_running_loop()
+        self.timeout = timeout
+        self.timed_out = False
+        self.disconnected = False
+        self.timer = self.loop.call_later(timeout, self.on_timeout)
+
+    def on_disconnect(self) -> None:
+        # The client is gone: the upstream request must stop too.
+        if not self.disconnected:
+            self.disconnected = True
+            if self.task is not None:
+                self.task.cancel()
+
+    def on_timeout(self) -> None:
+        self.timed_out = True
+        if self.task is not None:
+            self.task.cancel()
+
+    def timed_out_itself(self) -> bool:
+        """Whether a cancellation was our own timer's and nobody else's (a
+        shutdown's cancellation goes on up), as asyncio.timeout decides it."""
+        return self.timed_out and self.task is not None and self.task.uncancel() == 0
+
+    async def upload(self, receive: Receive) -> AsyncIterator[bytes]:
+        """The request body as the client sends it."""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.disconnected = True
+                raise ClientDisconnected
+            # The response timeout counts from the last uploaded byte, so a
+            # long upload is not cut off by it.
+            self.timer.cancel()
+            self.timer = self.loop.call_later(self.timeout, self.on_timeout)
+            chunk = message.get("body", b"")
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                return
 
 
 class ProxyApp:
@@ -93,99 +144,123 @@ class ProxyApp:
             request_id=context_of(scope).request_id,
             drop_prefixes=self.drop_prefixes,
         )
-        if scope.get("sidecar_drop_authorization"):
-            # The MCP client's token stays at the gateway (no passthrough).
-            headers = [(k, v) for k, v in headers if k != "authorization"]
-        # Identity the gateway verified; inbound look-alikes were dropped above.
-        headers.extend(scope.get("sidecar_identity", ()))
+        forwarding: Forwarding | None = scope.get(FORWARDING)
+        if forwarding is not None:
+            if forwarding.drop_authorization:
+                # The MCP client's token stays at the gateway (no passthrough).
+                headers = [(k, v) for k, v in headers if k != "authorization"]
+            # Identity the gateway verified; inbound look-alikes were dropped above.
+            headers.extend(forwarding.identity)
         return headers
 
     # -- the exchange -------------------------------------------------------
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send the request upstream, its body streamed from ``receive``,
+        cut short by the response timeout or the client's going away; the
+        answer is :meth:`relay`'s."""
         ctx = context_of(scope)
         started = time.perf_counter()
-        main_task = asyncio.current_task()
-        disconnected = False
-
-        def on_disconnect() -> None:
-            # The client is gone: the upstream request must stop too.
-            nonlocal disconnected
-            if not disconnected:
-                disconnected = True
-                if main_task is not None:
-                    main_task.cancel()
-
+        exchange = _Exchange(self.response_timeout)
         # The sidecar's server calls back when the connection is lost
         # (sidecar/runtime/protocol.py): no task parked on receive() for each
         # request. Under another ASGI server the upstream request would run
         # on to its answer or the response timeout.
         if ON_DISCONNECT in scope:
-            scope[ON_DISCONNECT] = on_disconnect
-
-        has_body = _has_body(scope["headers"])
-        loop = asyncio.get_running_loop()
-        timed_out = False
-
-        def on_timeout() -> None:
-            nonlocal timed_out
-            timed_out = True
-            if main_task is not None:
-                main_task.cancel()
-
-        # The response timeout, as a plain timer: asyncio.timeout with its
-        # reschedules cost about 5 µs a request here, the timer about 1.3.
-        timer = loop.call_later(self.response_timeout, on_timeout)
-
-        async def body() -> AsyncIterator[bytes]:
-            nonlocal disconnected, timer
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    disconnected = True
-                    raise ClientDisconnected
-                # The response timeout counts from the last uploaded byte, so
-                # a long upload is not cut off by it.
-                timer.cancel()
-                timer = loop.call_later(self.response_timeout, on_timeout)
-                chunk = message.get("body", b"")
-                if chunk:
-                    yield chunk
-                if not message.get("more_body", False):
-                    return
-
+            scope[ON_DISCONNECT] = exchange.on_disconnect
         try:
             try:
                 response = await self.upstream.request(
                     scope["method"],
                     self.target(scope),
                     self.headers_for(scope),
-                    body() if has_body else None,
+                    exchange.upload(receive) if _has_body(scope["headers"]) else None,
                 )
             finally:
-                timer.cancel()
+                exchange.timer.cancel()
         except asyncio.CancelledError:
-            if disconnected:
+            if exchange.disconnected:
                 return
-            # Our own timer's cancellation, and nobody else's (a shutdown's
-            # cancellation goes on up), as asyncio.timeout decides it.
-            if timed_out and main_task is not None and main_task.uncancel() == 0:
+            if exchange.timed_out_itself():
                 await self.send_error(send, UpstreamTimeout("no response in time"), ctx.request_id)
                 return
             raise
         except ClientDisconnected:
             return  # gone mid-upload: nobody to answer
         except UpstreamError as exc:
-            if not disconnected:
+            if not exchange.disconnected:
                 await self.send_error(send, exc, ctx.request_id)
             return
         upstream_seconds = time.perf_counter() - started
         ctx.upstream_ms = round(upstream_seconds * 1000, 3)
         UPSTREAM_SECONDS.observe(upstream_seconds)
+        await self.relay(scope, send, response, exchange, ctx.request_id)
+
+    async def relay(
+        self,
+        scope: Scope,
+        send: Send,
+        response: UpstreamResponse,
+        exchange: _Exchange,
+        request_id: str,
+    ) -> None:
+        """Relay the upstream's answer: its head as the client may see it,
+        then its body as each chunk arrives."""
         try:
-            await self.relay(scope, send, response, ctx.request_id)
+            headers = client_response_headers(
+                response.raw_headers,
+                upstream_origin=self.upstream_origin,
+                public_origin=self.public_origin,
+                upstream_cookie_domain=self.cookie_domain,
+            )
+            forwarding: Forwarding | None = scope.get(FORWARDING)
+            if forwarding is not None and forwarding.cors:
+                present = {name for name, _ in headers}
+                added = [(name, value) for name, value in forwarding.cors if name not in present]
+                # RFC 9110 section 5.5: no control character (CR, LF, NUL
+                # above all) in a field. The upstream's own fields passed
+                # llhttp, which refuses them; what the proxy adds is checked
+                # here, before the status line is committed (the server
+                # would refuse it after).
+                if _UNSAFE_FIELD.search(b"".join(itertools.chain.from_iterable(added))):
+                    await self.send_error(
+                        send,
+                        UpstreamUnavailable("response header with a control character refused"),
+                        request_id,
+                    )
+                    return
+                headers.extend(added)
+            status = response.status
+            if status in (204, 304):
+                # RFC 9110 sections 8.6 and 15.3.5: no body follows; a 304's
+                # length describes the 200's body, which the server would
+                # count as missing here.
+                headers = [(k, v) for k, v in headers if k != b"content-length"]
+            try:
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                finished = False
+                if scope["method"] != "HEAD":
+                    async for chunk in response.iter_body():
+                        # The last chunk closes the response itself: one
+                        # message (and, for a small answer, one send) less.
+                        finished = response.body_complete
+                        await send(
+                            {"type": "http.response.body", "body": chunk, "more_body": not finished}
+                        )
+                if not finished:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                response.release()
+            except UpstreamError as exc:
+                # Headers are gone already; all we can do is cut the connection.
+                log.warning("upstream broke off mid-response", error=str(exc))
+                raise
+            except RuntimeError as exc:
+                # The server refused a message it was given (uvicorn: "Response
+                # content longer than Content-Length"); it closes the client's
+                # connection, the upstream's is closed below.
+                log.warning("response refused by the server", error=str(exc))
         except asyncio.CancelledError:
-            if disconnected:
+            if exchange.disconnected:
                 log.info("client disconnected; upstream request cancelled")
                 return
             raise
@@ -193,60 +268,6 @@ class ProxyApp:
             # Every way out gives the connection back or closes it (a no-op
             # once released): a lost slot is a later request's 504.
             response.close()
-
-    async def relay(
-        self, scope: Scope, send: Send, response: UpstreamResponse, request_id: str
-    ) -> None:
-        headers = client_response_headers(
-            response.raw_headers,
-            upstream_origin=self.upstream_origin,
-            public_origin=self.public_origin,
-            upstream_cookie_domain=self.cookie_domain,
-        )
-        if cors := scope.get("sidecar_cors"):
-            present = {name for name, _ in headers}
-            added = [(name, value) for name, value in cors if name not in present]
-            # RFC 9110 section 5.5: no control character (CR, LF, NUL above
-            # all) in a field. The upstream's own fields passed llhttp, which
-            # refuses them; what the proxy adds is checked here, before the
-            # status line is committed (the server would refuse it after).
-            if _UNSAFE_FIELD.search(b"".join(itertools.chain.from_iterable(added))):
-                await self.send_error(
-                    send,
-                    UpstreamUnavailable("response header with a control character refused"),
-                    request_id,
-                )
-                return
-            headers.extend(added)
-        status = response.status
-        if status in (204, 304):
-            # RFC 9110 sections 8.6 and 15.3.5: no body follows; a 304's
-            # length describes the 200's body, which the server would count
-            # as missing here.
-            headers = [(k, v) for k, v in headers if k != b"content-length"]
-        try:
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            finished = False
-            if scope["method"] != "HEAD":
-                async for chunk in response.iter_body():
-                    # The last chunk closes the response itself: one message
-                    # (and, for a small answer, one send) less.
-                    finished = response.body_complete
-                    await send(
-                        {"type": "http.response.body", "body": chunk, "more_body": not finished}
-                    )
-            if not finished:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-            response.release()
-        except UpstreamError as exc:
-            # Headers are gone already; all we can do is cut the connection.
-            log.warning("upstream broke off mid-response", error=str(exc))
-            raise
-        except RuntimeError as exc:
-            # The server refused a message it was given (uvicorn: "Response
-            # content longer than Content-Length"); it closes the client's
-            # connection, the upstream's is closed by the caller.
-            log.warning("response refused by the server", error=str(exc))
 
     @staticmethod
     async def send_error(send: Send, exc: UpstreamError, request_id: str) -> None:

@@ -31,9 +31,11 @@ _HANDSHAKE = frozenset(
 )
 
 
-class Forwarding(Protocol):
+class Forwarder(Protocol):
     """What an upgrade needs of the HTTP side of the proxy: its upstream
-    client, and the target and headers it would forward for a scope."""
+    client, and the target and headers it would forward for a scope (the
+    headers with what the gateway verified: the scope's
+    :data:`sidecar.asgi.FORWARDING`)."""
 
     upstream: UpstreamClient
 
@@ -42,7 +44,7 @@ class Forwarding(Protocol):
     def headers_for(self, scope: Scope) -> list[tuple[str, str]]: ...
 
 
-async def proxy_websocket(proxy: Forwarding, scope: Scope, receive: Receive, send: Send) -> None:
+async def proxy_websocket(proxy: Forwarder, scope: Scope, receive: Receive, send: Send) -> None:
     message = await receive()
     if message["type"] != "websocket.connect":
         return

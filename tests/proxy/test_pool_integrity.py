@@ -27,6 +27,7 @@ from structlog.testing import capture_logs
 from uvicorn import Config
 from uvicorn.server import ServerState
 
+from sidecar.asgi import FORWARDING, Forwarding
 from sidecar.config import Settings
 from sidecar.proxy.http import ProxyApp
 from sidecar.proxy.upstream import UpstreamClient
@@ -377,10 +378,10 @@ def with_scope(extra: dict[str, Any]) -> Callable[[ProxyApp], Any]:
 def test_a_response_header_with_a_line_break_is_a_502_with_a_log_line_not_a_traceback(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    bad = [(b"access-control-allow-origin", b"https://a.example\r\nset-cookie: stolen=1")]
+    bad = ((b"access-control-allow-origin", b"https://a.example\r\nset-cookie: stolen=1"),)
 
     async def run() -> None:
-        wrap = with_scope({"sidecar_cors": bad})
+        wrap = with_scope({FORWARDING: Forwarding(identity=(), drop_authorization=False, cors=bad)})
         async with proxy(pool_size=1, wrap=wrap) as (_, client, http):
             with capture_logs() as logs:
                 response = await http.get("/r/one")
@@ -438,10 +439,12 @@ def test_a_send_that_raises_still_gives_the_upstream_connection_back() -> None:
 
 
 def test_an_identity_header_with_a_line_break_is_a_502_and_never_reaches_the_upstream() -> None:
-    smuggled = [("x-sidecar-email", "alice@example.com\r\nx-sidecar-role: admin")]
+    smuggled = (("x-sidecar-email", "alice@example.com\r\nx-sidecar-role: admin"),)
 
     async def run() -> None:
-        wrap = with_scope({"sidecar_identity": smuggled})
+        wrap = with_scope(
+            {FORWARDING: Forwarding(identity=smuggled, drop_authorization=False, cors=())}
+        )
         async with proxy(pool_size=1, wrap=wrap) as (upstream, client, http):
             with capture_logs() as logs:
                 response = await http.get("/r/one")

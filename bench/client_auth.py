@@ -59,27 +59,58 @@ NO_LIMITS = dict.fromkeys(DEFAULT_LIMITS, "0")
 
 # Run with a checkout's own sidecar package first on sys.path: argv is the
 # sidecar's environment (JSON), a client_id, how many codes and how many
-# refresh tokens, and a PKCE challenge; prints one JSON object.
+# refresh tokens, and a PKCE challenge; prints one JSON object. A checkout
+# with typed records (sidecar.oauth.tokens) mints through Grants and Tokens;
+# an older one (a --baseline) through its Grants alone.
 MINT = """
 import asyncio, inspect, json, os, sys
 import sidecar
 from sidecar.config import load_settings
 from sidecar.keys import load_keyset
-from sidecar.oauth.grants import Grants
 from sidecar.store import open_store
+
+try:
+    from sidecar.oauth.grants import AuthorizationCode, Grant, Grants, Profile
+    from sidecar.oauth.tokens import Tokens
+except ImportError:
+    from sidecar.oauth.grants import Grants
+    Tokens = None
 
 env, client_id = json.loads(sys.argv[1]), sys.argv[2]
 n_codes, n_refresh, challenge = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+REDIRECT = "http://127.0.0.1:1/cb"
 
-async def main():
-    settings = load_settings(env=env)
-    store = open_store(settings.store_url)
-    await store.open()
+
+async def typed(settings, store):
+    grants = Grants(settings, store)
+    tokens = Tokens(grants, load_keyset(settings))
+    codes, refresh = [], []
+    for _ in range(n_codes):
+        codes.append(await grants.new_code(AuthorizationCode(
+            client_id=client_id, redirect_uri=REDIRECT, code_challenge=challenge,
+            scope=("openid",), resource=settings.public_url, nonce=None, sub="bench-user",
+            user=Profile(email="b@example.com", name="B"), auth_time=1,
+        )))
+    for _ in range(n_refresh):
+        grant_id = os.urandom(8).hex()
+        await grants.start_grant(Grant(
+            grant_id, client_id, "bench-user", ("openid",), settings.public_url, auth_time=1
+        ))
+        issued = await tokens.issue(
+            grant_id=grant_id, client_id=client_id, sub="bench-user", scope=["openid"],
+            resource=settings.public_url, with_refresh=True, user=Profile(),
+            with_id_token=False,
+        )
+        refresh.append(issued.refresh_token)
+    return codes, refresh
+
+
+async def untyped(settings, store):
     grants = Grants(settings, store, load_keyset(settings))
     codes = []
     for _ in range(n_codes):
         codes.append(await grants.new_code({
-            "client_id": client_id, "redirect_uri": "http://127.0.0.1:1/cb",
+            "client_id": client_id, "redirect_uri": REDIRECT,
             "code_challenge": challenge, "scope": ["openid"],
             "resource": settings.public_url, "nonce": None, "sub": "bench-user",
             "user": {"email": "b@example.com", "name": "B"}, "auth_time": 1,
@@ -99,6 +130,14 @@ async def main():
         )
         issued = await grants.issue(**{k: v for k, v in wanted.items() if k in accepted})
         refresh.append(issued.refresh_token)
+    return codes, refresh
+
+
+async def main():
+    settings = load_settings(env=env)
+    store = open_store(settings.store_url)
+    await store.open()
+    codes, refresh = await (typed if Tokens is not None else untyped)(settings, store)
     await store.close()
     print(json.dumps({"module": sidecar.__file__, "codes": codes, "refresh": refresh}))
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,6 +40,7 @@ from starlette.types import Receive, Scope, Send
 from sidecar.asgi import FORWARDING, Forwarding, send_json
 from sidecar.config import Resource, Settings
 from sidecar.convex import ConvexTokens
+from sidecar.expiring import ExpiringCache
 from sidecar.oauth.errors import InvalidToken
 from sidecar.oauth.scopes import expand_scopes
 from sidecar.oauth.tokens import Tokens
@@ -99,8 +99,8 @@ class Gateway:
         # (base, base + "/", resource): the prefix precomputed for the hot path.
         self.resources = [(base, base + "/", r) for base, r in ordered]
         self.cors_origins = settings.gateway_cors_origins
-        # jti -> time until which its "not revoked" answer may be reused.
-        self._verified: OrderedDict[str, float] = OrderedDict()
+        # jti -> its "not revoked" answer, reused for revocation_cache_seconds.
+        self._verified: ExpiringCache[str, bool] = ExpiringCache(CACHE_SIZE)
 
     def match(self, raw_path: str) -> Resource | Ambiguous | None:
         """The resource a raw request path (as sent, percent-encoding and
@@ -285,15 +285,11 @@ class Gateway:
     async def verify(self, token: str, resource: Resource) -> dict[str, Any]:
         claims = self.tokens.decode_access_token(token, audience=resource.url)
         now = time.monotonic()
-        until = self._verified.get(claims["jti"])
-        if until is None or until < now:
+        if self._verified.get(claims["jti"], now) is None:
             await self.tokens.check_not_revoked(claims)
             ttl = self.settings.revocation_cache_seconds
             if ttl > 0:
-                self._verified[claims["jti"]] = now + ttl
-                self._verified.move_to_end(claims["jti"])
-                while len(self._verified) > CACHE_SIZE:
-                    self._verified.popitem(last=False)
+                self._verified.put(claims["jti"], True, now + ttl)
         return claims
 
     async def _challenge(

@@ -7,6 +7,7 @@ header is re-parsed or re-cased on the hot path.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from urllib.parse import urlsplit
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -155,6 +156,16 @@ def client_response_headers(
     if connection and (listed := connection_tokens(connection) - HOP_BY_HOP):
         out = [(k, v) for k, v in out if k not in listed]
     return out
+
+
+def upstream_cookie_domain(upstream_url: str, public_url: str) -> bytes | None:
+    """The upstream's own host name when it differs from the public one: a
+    cookie the app scopes to it (``Domain=<upstream host>``) would be refused
+    by the browser on the public origin, so its Domain is dropped
+    (:func:`drop_cookie_domain`); None when the two hosts are the same."""
+    upstream_host = (urlsplit(upstream_url).hostname or "").encode("latin-1")
+    public_host = (urlsplit(public_url).hostname or "").encode("latin-1")
+    return upstream_host if upstream_host != public_host else None
 
 
 def drop_cookie_domain(cookie: bytes, host: bytes) -> bytes:

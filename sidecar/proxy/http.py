@@ -23,7 +23,11 @@ from sidecar.config import Settings
 from sidecar.edge.address import is_trusted
 from sidecar.observability.context import context_of
 from sidecar.observability.metrics import UPSTREAM_ERRORS, UPSTREAM_SECONDS
-from sidecar.proxy.headers import client_response_headers, upstream_request_headers
+from sidecar.proxy.headers import (
+    client_response_headers,
+    upstream_cookie_domain,
+    upstream_request_headers,
+)
 from sidecar.proxy.upstream import (
     UpstreamClient,
     UpstreamError,
@@ -108,9 +112,7 @@ class ProxyApp:
         self.upstream_host = parts.netloc.encode("latin-1")
         self.upstream_origin = settings.upstream_url.lower().encode("latin-1")
         self.public_origin = settings.public_url.encode("latin-1")
-        upstream_host = (parts.hostname or "").encode("latin-1")
-        public_host = (urlsplit(settings.public_url).hostname or "").encode("latin-1")
-        self.cookie_domain = upstream_host if upstream_host != public_host else None
+        self.cookie_domain = upstream_cookie_domain(settings.upstream_url, settings.public_url)
         self.response_timeout = settings.upstream_response_timeout
         self.drop_prefixes = tuple(drop_header_prefixes)
 

@@ -16,14 +16,13 @@ import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import jwt
 import structlog
 
 from sidecar.config import Settings
 from sidecar.keys import KeySet
-from sidecar.proxy.headers import drop_cookie_domain
+from sidecar.proxy.headers import drop_cookie_domain, upstream_cookie_domain
 from sidecar.proxy.upstream import UpstreamClient, UpstreamError
 
 log = structlog.get_logger("sidecar.session")
@@ -85,9 +84,7 @@ class SessionBridge:
         self.session_path = f"{base}/get-session"
         # Cookies the app scopes to its own host (Better Auth on Convex's
         # .convex.site) are made host-only for the public origin, as the proxy does.
-        upstream_host = urlsplit(settings.upstream_url).hostname or ""
-        public_host = urlsplit(settings.public_url).hostname or ""
-        self.cookie_domain = upstream_host.encode() if upstream_host != public_host else None
+        self.cookie_domain = upstream_cookie_domain(settings.upstream_url, settings.public_url)
 
     def verify_session_jwt(self, token: str) -> User | None:
         """A Convex session JWT from this deployment, or None."""

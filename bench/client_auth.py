@@ -70,7 +70,8 @@ from sidecar.keys import load_keyset
 from sidecar.store import open_store
 
 try:
-    from sidecar.oauth.grants import AuthorizationCode, Grant, Grants, Profile
+    from sidecar.oauth.grants import Grants
+    from sidecar.oauth.records import AuthorizationCode, Grant, Profile
     from sidecar.oauth.tokens import Tokens
 except ImportError:
     from sidecar.oauth.grants import Grants

@@ -20,7 +20,8 @@ from collections.abc import Callable
 from typing import Any
 
 from sidecar.config import load_settings
-from sidecar.oauth.grants import Grant, Grants
+from sidecar.oauth.grants import Grants
+from sidecar.oauth.records import Grant
 from sidecar.store import open_store
 from sidecar.store.shape import migrate
 from tests.support.oauth import Browser

@@ -26,7 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sidecar.config import load_settings
 from sidecar.keys import load_keyset
-from sidecar.oauth.grants import AuthorizationCode, Grants, Profile
+from sidecar.oauth.grants import Grants
+from sidecar.oauth.records import AuthorizationCode, Profile
 from sidecar.oauth.tokens import Tokens
 from sidecar.store import open_store
 from tests.support.oauth import pkce_pair

@@ -28,9 +28,10 @@ from starlette.responses import RedirectResponse, Response
 from sidecar.config import Settings
 from sidecar.oauth.browser import Browser, from_own_origin
 from sidecar.oauth.clients import ClientRegistry
-from sidecar.oauth.grants import Grant, Grants
+from sidecar.oauth.grants import Grants
 from sidecar.oauth.pages import SCOPE_WORDS, Pages, html_page
 from sidecar.oauth.params import form_params
+from sidecar.oauth.records import Grant
 from sidecar.observability.metrics import token_event
 from sidecar.proxy.upstream import UpstreamError
 from sidecar.session.bridge import SessionLookup

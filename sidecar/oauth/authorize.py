@@ -33,10 +33,11 @@ from sidecar.oauth.errors import (
     OAuthError,
     UnsupportedResponseType,
 )
-from sidecar.oauth.grants import AuthorizationCode, Grants, Profile
+from sidecar.oauth.grants import Grants
 from sidecar.oauth.pages import Pages, add_cookies, html_page, redirect_host
 from sidecar.oauth.params import form_params, query_params
 from sidecar.oauth.pending import PendingAuthorization, PendingAuthorizations
+from sidecar.oauth.records import AuthorizationCode, Profile
 from sidecar.oauth.scopes import known_resources, resource_for, scopes_for
 from sidecar.observability.metrics import authorization_outcome
 from sidecar.proxy.upstream import UpstreamError

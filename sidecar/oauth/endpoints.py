@@ -36,9 +36,10 @@ from sidecar.oauth.errors import (
     UnsupportedGrantType,
     error_response,
 )
-from sidecar.oauth.grants import Grant, Grants, Profile, RefreshRecord
+from sidecar.oauth.grants import Grants
 from sidecar.oauth.params import form_params, read_body
 from sidecar.oauth.ratelimit import RateLimiter, client_ip, is_trusted_egress
+from sidecar.oauth.records import Grant, Profile, RefreshRecord
 from sidecar.oauth.tokens import IssuedTokens, Tokens, user_claims
 from sidecar.observability.metrics import token_event
 from sidecar.store import StoreUnavailable

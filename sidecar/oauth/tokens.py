@@ -16,7 +16,8 @@ import jwt
 
 from sidecar.keys import KeySet
 from sidecar.oauth.errors import InvalidToken
-from sidecar.oauth.grants import Grants, Profile, RefreshRecord, new_refresh_token
+from sidecar.oauth.grants import Grants, new_refresh_token
+from sidecar.oauth.records import Profile, RefreshRecord
 from sidecar.oauth.scopes import resource_urls
 
 REVOKED = "revoked_jti"

@@ -13,7 +13,8 @@ import jwt
 
 from sidecar.config import load_settings
 from sidecar.keys import load_keyset
-from sidecar.oauth.grants import Grants, Profile
+from sidecar.oauth.grants import Grants
+from sidecar.oauth.records import Profile
 from sidecar.oauth.tokens import Tokens
 from sidecar.store import open_store
 from tests.support.processes import Process, running, start_sidecar

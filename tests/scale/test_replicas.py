@@ -16,7 +16,8 @@ import pytest
 
 from sidecar.config import Settings, load_settings
 from sidecar.keys import load_keyset
-from sidecar.oauth.grants import AuthorizationCode, Grant, Grants, Profile
+from sidecar.oauth.grants import Grants
+from sidecar.oauth.records import AuthorizationCode, Grant, Profile
 from sidecar.oauth.tokens import Tokens
 from sidecar.store import open_store
 from tests.support import fixtures

@@ -18,12 +18,12 @@ from sidecar.oauth.grants import (
     GRANTS_OF_CLIENT,
     GRANTS_OF_PERSON,
     SHAPE_GRANT_COLLECTIONS,
-    Grant,
     Grants,
     client_key,
     person_key,
     user_index,
 )
+from sidecar.oauth.records import Grant
 from sidecar.store import Store, open_store
 from sidecar.store.shape import META, SHAPE, migrate, migrate_at_start, shape_version
 from tests.support.processes import Process

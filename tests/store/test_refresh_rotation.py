@@ -17,9 +17,10 @@ from sidecar.oauth.client_model import Client, client_from_metadata
 from sidecar.oauth.clients import ClientRegistry
 from sidecar.oauth.endpoints import OAuthEndpoints
 from sidecar.oauth.errors import InvalidGrant, InvalidScope, InvalidTarget
-from sidecar.oauth.grants import REFRESH, ROTATED, Grant, Grants, Profile
+from sidecar.oauth.grants import REFRESH, ROTATED, Grants
 from sidecar.oauth.hashing import digest
 from sidecar.oauth.ratelimit import RateLimiter
+from sidecar.oauth.records import Grant, Profile
 from sidecar.oauth.tokens import Tokens
 from sidecar.store import Store
 

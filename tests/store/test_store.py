@@ -104,7 +104,8 @@ async def test_a_persons_grants_are_indexed_listed_and_ended_on_every_backend(
     index is one record per grant (one command per write on Redis)."""
     from sidecar.config import load_settings
     from sidecar.oauth.consents import Consents
-    from sidecar.oauth.grants import Grant, Grants
+    from sidecar.oauth.grants import Grants
+    from sidecar.oauth.records import Grant
 
     settings = load_settings(env={"SIDECAR_DATA_DIR": str(tmp_path / "keys")})
     consents = Consents(settings, store)

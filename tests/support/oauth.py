@@ -139,7 +139,8 @@ def mint_code_form(env: dict[str, str], client_id: str, redirect_uri: str) -> di
     import asyncio
 
     from sidecar.config import load_settings
-    from sidecar.oauth.grants import AuthorizationCode, Grants, Profile
+    from sidecar.oauth.grants import Grants
+    from sidecar.oauth.records import AuthorizationCode, Profile
     from sidecar.store import open_store
 
     settings = load_settings(env=env)

@@ -81,8 +81,8 @@ test-compat: install node-compat
 	SIDECAR_NODE_DIR=$(COMPAT_DIR) $(BIN)/pytest -q tests/e2e $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check sidecar tests bench demo fuzz
-	$(BIN)/ruff format --check sidecar tests bench demo fuzz
+	$(BIN)/ruff check sidecar tests tools bench demo fuzz
+	$(BIN)/ruff format --check sidecar tests tools bench demo fuzz
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/hadolint deploy/Dockerfile

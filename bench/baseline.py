@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.support.processes import ROOT
+from tools.processes import ROOT
 
 
 @contextlib.contextmanager

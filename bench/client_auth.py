@@ -45,8 +45,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from bench.baseline import baseline_checkout
 from bench.nginx import tree_cpu
 from bench.tokens import LUA, REDIRECT, Result, parse
-from tests.support.oauth import pkce_pair
-from tests.support.processes import ROOT, Process, free_port, start_sidecar
+from tools.oauth import pkce_pair
+from tools.processes import ROOT, Process, free_port, start_sidecar
 
 ASSERTION_TYPE = "urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer"
 CONCURRENCY = 16

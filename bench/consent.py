@@ -16,9 +16,9 @@ import httpx
 from bench.baseline import baseline_checkout
 from bench.nginx import measure
 from bench.tokens import Result
-from tests.support import fixtures
-from tests.support.oauth import OAuthClient, form_fields
-from tests.support.processes import Process, free_port, start_better_auth, start_sidecar
+from tools import fixtures
+from tools.oauth import OAuthClient, form_fields
+from tools.processes import Process, free_port, start_better_auth, start_sidecar
 
 
 def signed_in(base: str) -> tuple[str, OAuthClient, str]:

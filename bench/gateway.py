@@ -21,8 +21,8 @@ from bench.nginx import measure
 from bench.tokens import Result
 from sidecar.config import load_settings
 from sidecar.keys import load_keyset
-from tests.support import fixtures
-from tests.support.processes import Process, running, start_sidecar, start_upstream
+from tools import fixtures
+from tools.processes import Process, running, start_sidecar, start_upstream
 
 LUA = """
 local tokens = {}

@@ -11,7 +11,7 @@ import uuid
 
 import httpx
 
-from tests.support.processes import ROOT, free_port
+from tools.processes import ROOT, free_port
 
 IMAGE = os.environ.get("SIDECAR_IMAGE", "localhost/convex-oauth-sidecar:dev")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from bench.baseline import baseline_checkout
 from bench.run import signed_in_cookie
 from bench.tokens import Result, parse
-from tests.support.processes import (
+from tools.processes import (
     Process,
     free_port,
     node_available,

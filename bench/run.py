@@ -26,7 +26,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.processes import (  # noqa: E402
+from tools.processes import (  # noqa: E402
     Process,
     free_port,
     node_available,

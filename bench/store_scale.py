@@ -24,8 +24,8 @@ from sidecar.oauth.grants import Grants
 from sidecar.oauth.records import Grant
 from sidecar.store import open_store
 from sidecar.store.shape import migrate
-from tests.support.oauth import Browser
-from tests.support.processes import (
+from tools.oauth import Browser
+from tools.processes import (
     ROOT,
     free_port,
     node_available,

@@ -30,8 +30,8 @@ from sidecar.oauth.grants import Grants
 from sidecar.oauth.records import AuthorizationCode, Profile
 from sidecar.oauth.tokens import Tokens
 from sidecar.store import open_store
-from tests.support.oauth import pkce_pair
-from tests.support.processes import Process, free_port, start_redis, start_sidecar
+from tools.oauth import pkce_pair
+from tools.processes import Process, free_port, start_redis, start_sidecar
 
 LUA = """
 local bodies = {}

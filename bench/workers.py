@@ -9,7 +9,7 @@ import tempfile
 
 from bench.nginx import measure
 from bench.tokens import mint, register, shared_key, wrk
-from tests.support.processes import Process, free_port, start_sidecar, start_upstream
+from tools.processes import Process, free_port, start_sidecar, start_upstream
 
 
 def run(seconds: int) -> None:

@@ -24,9 +24,9 @@ from mcp.client.session import ClientSession  # noqa: E402
 from mcp.client.streamable_http import streamable_http_client  # noqa: E402
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientMetadata  # noqa: E402
 
-from tests.e2e.test_mcp_sdk_client import MemoryTokens  # noqa: E402
-from tests.support.oauth import Browser  # noqa: E402
-from tests.support.processes import (  # noqa: E402
+from tools.mcp_tokens import MemoryTokens  # noqa: E402
+from tools.oauth import Browser  # noqa: E402
+from tools.processes import (  # noqa: E402
     free_port,
     node_available,
     start_better_auth,

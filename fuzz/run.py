@@ -24,7 +24,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.processes import Process, start_sidecar, start_upstream  # noqa: E402
+from tools.processes import Process, start_sidecar, start_upstream  # noqa: E402
 
 OWNED = [
     "/oauth/token",

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.browser import chromium  # noqa: F401 - a shared fixture
-from tests.support.processes import Process, start_sidecar, start_upstream
+from tools.processes import Process, start_sidecar, start_upstream
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,8 @@ import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
 from sidecar.observability import metrics
-from tests.support.oauth import OAuthClient
-from tests.support.processes import Process, running, start_sidecar
+from tools.oauth import OAuthClient
+from tools.processes import Process, running, start_sidecar
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "sidecar-dashboard.json"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.oauth import Browser, OAuthClient
-from tests.support.processes import Process, free_port, start_better_auth, start_sidecar
+from tools.oauth import Browser, OAuthClient
+from tools.processes import Process, free_port, start_better_auth, start_sidecar
 
 
 @dataclass
@@ -75,7 +75,7 @@ def better_auth_stack() -> Iterator[Stack]:
 def oauth_stack() -> Iterator[Stack]:
     """Better Auth with the deployment's static JWKS, and the sidecar reusing
     it: the production shape (reuse mode)."""
-    from tests.support import fixtures
+    from tools import fixtures
 
     shared = {
         "JWKS": fixtures.text("static-jwks.json"),

@@ -19,8 +19,8 @@ from sidecar.oauth.grants import Grants
 from sidecar.oauth.tokens import Tokens
 from sidecar.store import open_store
 from tests.e2e.conftest import Stack, start_stack
-from tests.support import fixtures
-from tests.support.oauth import Browser, OAuthClient, pkce_pair, query_of
+from tools import fixtures
+from tools.oauth import Browser, OAuthClient, pkce_pair, query_of
 
 # -- redirect URI tricks ----------------------------------------------------------
 

@@ -12,7 +12,7 @@ import httpx
 import jwt
 
 from tests.e2e.conftest import Stack
-from tests.support.oauth import PASSWORD, Browser
+from tools.oauth import PASSWORD, Browser
 
 
 def cookie_shapes(response: httpx.Response) -> list[tuple[str, str]]:

@@ -15,7 +15,7 @@ import pytest
 
 from tests.e2e.conftest import Stack
 from tests.support.browser import screenshot
-from tests.support.oauth import PASSWORD, Browser, OAuthClient
+from tools.oauth import PASSWORD, Browser, OAuthClient
 
 
 @dataclass

@@ -30,9 +30,9 @@ from mcp.client.streamable_http import streamable_http_client
 
 from tests.e2e.conftest import Stack, start_stack
 from tests.observability.test_metrics import metrics_of, value
-from tests.support import fixtures
 from tests.support.certs import ThrowawayCA
-from tests.support.oauth import Browser, pkce_pair, query_of
+from tools import fixtures
+from tools.oauth import Browser, pkce_pair, query_of
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 CHATGPT_REDIRECT = "https://chatgpt.com/connector_platform_oauth_redirect"

@@ -24,8 +24,8 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import Stack, start_stack
-from tests.support.oauth import Browser, form_fields
-from tests.support.processes import ROOT, require
+from tools.oauth import Browser, form_fields
+from tools.processes import ROOT, require
 
 CLIENT_DIR = ROOT / "tests" / "e2e" / "node-mcp-client"
 RESOURCES = "/api/mcp;scopes_supported=mcp:tools"
@@ -48,7 +48,7 @@ def scoped_stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
         client_available(),
         "Node or the MCP client fixture is missing (run `make test`, which installs it with npm)",
     )
-    from tests.support import fixtures
+    from tools import fixtures
 
     shared = {
         "JWKS": fixtures.text("static-jwks.json"),

@@ -15,7 +15,7 @@ import pytest
 
 from sidecar.oauth.cimd import GuardedResolver
 from tests.e2e.conftest import Stack
-from tests.support.oauth import REDIRECT, Browser, OAuthClient, query_of
+from tools.oauth import REDIRECT, Browser, OAuthClient, query_of
 
 
 class DocumentServer:

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from tests.e2e.conftest import Stack
-from tests.support.oauth import PASSWORD, Browser, OAuthClient, query_of
+from tools.oauth import PASSWORD, Browser, OAuthClient, query_of
 
 
 def connect(stack: Stack, browser: Browser, name: str = "Notes App") -> tuple[OAuthClient, dict]:

@@ -18,7 +18,7 @@ import pytest
 
 from tests.e2e.conftest import Stack, start_stack
 from tests.support.browser import screenshot
-from tests.support.oauth import PASSWORD, Browser, OAuthClient, form_fields, query_of
+from tools.oauth import PASSWORD, Browser, OAuthClient, form_fields, query_of
 
 ATTACKER_REDIRECT = "https://attacker.example/callback"
 

@@ -21,10 +21,11 @@ import pytest
 from sidecar.config import load_settings
 from sidecar.keys import load_keyset
 from tests.e2e.conftest import Stack
-from tests.e2e.test_mcp_sdk_client import MemoryTokens, headless_provider, whoami
-from tests.support import fixtures
-from tests.support.oauth import Browser, OAuthClient
-from tests.support.processes import running, start_sidecar, start_upstream
+from tests.e2e.test_mcp_sdk_client import headless_provider, whoami
+from tools import fixtures
+from tools.mcp_tokens import MemoryTokens
+from tools.oauth import Browser, OAuthClient
+from tools.processes import running, start_sidecar, start_upstream
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"

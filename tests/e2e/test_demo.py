@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.support.processes import ROOT, node_available, require
+from tools.processes import ROOT, node_available, require
 
 
 def test_the_demo_goes_from_the_bare_url_to_a_tool_call() -> None:

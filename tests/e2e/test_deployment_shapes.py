@@ -26,10 +26,10 @@ import httpx
 import jwt
 import pytest
 
-from tests.support import fixtures
 from tests.support.certs import ThrowawayCA, served_serial
-from tests.support.oauth import PASSWORD, REDIRECT, form_fields, pkce_pair
-from tests.support.processes import (
+from tools import fixtures
+from tools.oauth import PASSWORD, REDIRECT, form_fields, pkce_pair
+from tools.processes import (
     Process,
     free_port,
     start_better_auth,

@@ -20,7 +20,7 @@ import pytest
 
 from tests.e2e.conftest import Stack, start_stack
 from tests.support.certs import ThrowawayCA
-from tests.support.processes import Process, free_port, running, start_sidecar
+from tools.processes import Process, free_port, running, start_sidecar
 
 
 def doctor(url: str, *extra: str) -> tuple[int, dict[str, Any], str]:

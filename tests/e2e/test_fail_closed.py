@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.support.processes import Process, free_port, sidecar_env, start_sidecar, start_upstream
+from tools.processes import Process, free_port, sidecar_env, start_sidecar, start_upstream
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ from sidecar.config import load_settings
 from sidecar.gateway.guard import _quoted
 from sidecar.keys import load_keyset
 from tests.e2e.conftest import Stack
-from tests.support import fixtures
-from tests.support.oauth import Browser, OAuthClient
-from tests.support.processes import running, start_sidecar
+from tools import fixtures
+from tools.oauth import Browser, OAuthClient
+from tools.processes import running, start_sidecar
 
 
 def token_for(client: OAuthClient, browser: Browser, resource: str, scope: str = "openid") -> str:

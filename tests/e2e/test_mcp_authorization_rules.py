@@ -16,9 +16,9 @@ import pytest
 from sidecar.config import load_settings
 from sidecar.keys import load_keyset
 from tests.e2e.conftest import Stack, start_stack
-from tests.support import fixtures
-from tests.support.oauth import Browser, OAuthClient, query_of
-from tests.support.processes import Process, running, start_sidecar, start_upstream
+from tools import fixtures
+from tools.oauth import Browser, OAuthClient, query_of
+from tools.processes import Process, running, start_sidecar, start_upstream
 
 README_RESOURCES = "/api/mcp, /api/admin-mcp;scopes=mcp:admin, /api/self-checked;mode=metadata-only"
 

@@ -14,18 +14,17 @@ import anyio
 import httpx
 import httpx2
 import pytest
-from mcp.client.auth import OAuthClientProvider, TokenStorage
+from mcp.client.auth import OAuthClientProvider
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import (
     AuthorizationCodeResult,
-    OAuthClientInformationFull,
     OAuthClientMetadata,
-    OAuthToken,
 )
 
 from tests.e2e.conftest import Stack
-from tests.support.oauth import Browser
+from tools.mcp_tokens import MemoryTokens
+from tools.oauth import Browser
 
 pytestmark = pytest.mark.anyio
 
@@ -33,24 +32,6 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-class MemoryTokens(TokenStorage):
-    def __init__(self) -> None:
-        self.tokens: OAuthToken | None = None
-        self.client: OAuthClientInformationFull | None = None
-
-    async def get_tokens(self) -> OAuthToken | None:
-        return self.tokens
-
-    async def set_tokens(self, tokens: OAuthToken) -> None:
-        self.tokens = tokens
-
-    async def get_client_info(self) -> OAuthClientInformationFull | None:
-        return self.client
-
-    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        self.client = client_info
 
 
 def headless_provider(
@@ -162,7 +143,7 @@ async def test_the_readme_resources_example_reaches_both_resources_with_step_up(
     for what is new."""
     from tests.e2e.conftest import start_stack
     from tests.e2e.test_mcp_authorization_rules import README_RESOURCES
-    from tests.support.processes import start_sidecar
+    from tools.processes import start_sidecar
 
     stack = start_stack(
         {"PUBLIC_URL": "{sidecar}"}, {"SIDECAR_RESOURCES": "/api/mcp, /api/admin-mcp"}

@@ -8,8 +8,8 @@ import jwt
 import pytest
 
 from tests.e2e.conftest import Stack
-from tests.support import fixtures
-from tests.support.oauth import REDIRECT, Browser, OAuthClient, pkce_pair, query_of
+from tools import fixtures
+from tools.oauth import REDIRECT, Browser, OAuthClient, pkce_pair, query_of
 
 
 def public_key(kid: str):  # type: ignore[no-untyped-def]

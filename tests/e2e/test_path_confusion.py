@@ -16,8 +16,8 @@ import pytest
 
 from tests.e2e.conftest import Stack
 from tests.e2e.test_gateway import token_for
-from tests.support.oauth import Browser, OAuthClient
 from tests.support.prefix_router import RawResponse, RouterStack, raw_request, start_router_stack
+from tools.oauth import Browser, OAuthClient
 
 # Spellings whose resolution differs from what was sent, each touching a
 # guarded path: refused, never guessed at.

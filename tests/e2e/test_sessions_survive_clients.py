@@ -18,9 +18,10 @@ import httpx2
 import pytest
 
 from tests.e2e.conftest import Stack, start_stack
-from tests.e2e.test_mcp_sdk_client import MemoryTokens, headless_provider, whoami
+from tests.e2e.test_mcp_sdk_client import headless_provider, whoami
 from tests.observability.test_metrics import metrics_of, value
-from tests.support.oauth import Browser, OAuthClient
+from tools.mcp_tokens import MemoryTokens
+from tools.oauth import Browser, OAuthClient
 
 
 def test_a_retried_refresh_is_counted_as_a_grace_answer_and_an_older_token_as_reuse(

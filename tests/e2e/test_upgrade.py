@@ -18,9 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import fixtures
-from tests.support.oauth import Browser, OAuthClient
-from tests.support.processes import (
+from tools import fixtures
+from tools.oauth import Browser, OAuthClient
+from tools.processes import (
     ROOT,
     Process,
     free_port,

@@ -22,8 +22,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.support import fixtures
-from tests.support.processes import (
+from tools import fixtures
+from tools.processes import (
     ROOT,
     Process,
     free_port,
@@ -231,7 +231,7 @@ def test_two_containers_on_one_redis_redeem_a_code_exactly_once(
     image: str, containers: list[Container]
 ) -> None:
     from tests.scale.test_replicas import REDIRECT, post_all
-    from tests.support.oauth import mint_code_form
+    from tools.oauth import mint_code_form
 
     redis: Process = start_redis()
     with running(redis):

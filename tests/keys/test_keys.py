@@ -13,7 +13,7 @@ import pytest
 from sidecar.config import ConfigError, load_settings
 from sidecar.keys import load_keyset
 from sidecar.keys.keyset import keys_file, rotate_managed_keys
-from tests.support import fixtures
+from tools import fixtures
 
 
 def reuse_settings(**env: str):  # type: ignore[no-untyped-def]

@@ -17,7 +17,7 @@ from sidecar.oauth.grants import Grants
 from sidecar.oauth.records import Profile
 from sidecar.oauth.tokens import Tokens
 from sidecar.store import open_store
-from tests.support.processes import Process, running, start_sidecar
+from tools.processes import Process, running, start_sidecar
 
 
 async def mint_refresh(env: dict[str, str], client_id: str) -> str:

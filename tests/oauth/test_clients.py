@@ -15,7 +15,7 @@ from sidecar.oauth.client_model import (
     redirect_uri_matches,
 )
 from sidecar.oauth.errors import InvalidClientMetadata, InvalidRedirectUri
-from tests.support.processes import Process, running, start_sidecar
+from tools.processes import Process, running, start_sidecar
 
 SCOPES = ("openid", "profile", "email", "offline_access")
 

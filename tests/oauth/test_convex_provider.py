@@ -22,7 +22,7 @@ from sidecar.oauth.errors import InvalidToken
 from sidecar.oauth.grants import Grants
 from sidecar.oauth.tokens import Tokens
 from sidecar.store import open_store
-from tests.support import fixtures
+from tools import fixtures
 
 CONVEX_SKEW = 5
 

@@ -14,8 +14,8 @@ import pytest
 
 from sidecar.config import load_settings
 from sidecar.edge.address import client_address
-from tests.support.oauth import OAuthClient
-from tests.support.processes import Process, running, start_sidecar
+from tools.oauth import OAuthClient
+from tools.processes import Process, running, start_sidecar
 
 
 def fresh_rate_window() -> None:

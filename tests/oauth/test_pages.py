@@ -13,7 +13,7 @@ import pytest
 from sidecar.config import ConfigError, load_settings
 from sidecar.oauth.pages import content_security_policy, form_action_source
 from tests.support.browser import screenshot
-from tests.support.processes import Process, start_sidecar
+from tools.processes import Process, start_sidecar
 
 BRAND = {
     "SIDECAR_BRAND_NAME": "Acme <Notes>",

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from sidecar.app import SidecarApp
 from sidecar.config import load_settings
-from tests.support.processes import free_port
+from tools.processes import free_port
 
 OAUTH_ERRORS = {
     "invalid_request",

@@ -6,8 +6,8 @@ import re
 
 import httpx
 
-from tests.support.oauth import OAuthClient
-from tests.support.processes import Process, free_port, running, start_sidecar
+from tools.oauth import OAuthClient
+from tools.processes import Process, free_port, running, start_sidecar
 
 
 def metrics_of(sidecar: Process) -> str:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import httpx
 
-from tests.support.processes import Process, free_port, running, start_sidecar
 from tests.support.stale_server import StaleServer
+from tools.processes import Process, free_port, running, start_sidecar
 
 
 def test_unreachable_upstream_answers_502_with_json_and_request_id() -> None:

@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from tests.support.processes import Process
+from tools.processes import Process
 
 
 def echo(sidecar: Process, method: str = "GET", target: str = "/echo", **kwargs: object) -> dict:

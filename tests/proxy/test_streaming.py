@@ -10,8 +10,8 @@ import time
 import httpx
 import pytest
 
-from tests.support.processes import Process, running, start_sidecar, start_upstream
-from tests.support.upstream_app import PATTERN
+from tools.processes import Process, running, start_sidecar, start_upstream
+from tools.upstream_app import PATTERN
 
 MiB = 1024 * 1024
 

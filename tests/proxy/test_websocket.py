@@ -8,7 +8,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from tests.support.processes import Process
+from tools.processes import Process
 
 
 def ws_url(process: Process, path: str) -> str:

@@ -9,7 +9,7 @@ import time
 
 import httpx
 
-from tests.support.processes import Process, running, start_sidecar
+from tools.processes import Process, running, start_sidecar
 
 
 def test_start_up_logs_where_it_listens_and_where_it_proxies(upstream: Process) -> None:
@@ -124,7 +124,7 @@ def test_a_metrics_port_clash_exits_3_naming_the_listener_and_the_key(upstream: 
     import subprocess
     import sys
 
-    from tests.support.processes import free_port, sidecar_env
+    from tools.processes import free_port, sidecar_env
 
     with socket_module.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -20,9 +20,9 @@ from sidecar.oauth.grants import Grants
 from sidecar.oauth.records import AuthorizationCode, Grant, Profile
 from sidecar.oauth.tokens import Tokens
 from sidecar.store import open_store
-from tests.support import fixtures
-from tests.support.oauth import pkce_pair
-from tests.support.processes import Process, free_port, start_redis, start_sidecar
+from tools import fixtures
+from tools.oauth import pkce_pair
+from tools.processes import Process, free_port, start_redis, start_sidecar
 
 REDIRECT = "http://127.0.0.1:1/cb"
 

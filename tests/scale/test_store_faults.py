@@ -7,8 +7,8 @@ import time
 import httpx
 
 from tests.e2e.conftest import start_stack
-from tests.support.oauth import Browser, OAuthClient
-from tests.support.processes import Process, free_port, running, start_redis, start_sidecar
+from tools.oauth import Browser, OAuthClient
+from tools.processes import Process, free_port, running, start_redis, start_sidecar
 
 
 def wait_for(check, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]

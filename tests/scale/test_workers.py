@@ -22,7 +22,7 @@ import pytest
 from sidecar.config import ConfigError, load_settings
 from tests.observability.test_metrics import metrics_of, value
 from tests.scale.test_replicas import REDIRECT, post_all
-from tests.support.processes import Process, start_sidecar
+from tools.processes import Process, start_sidecar
 
 
 def children_of(pid: int) -> list[int]:
@@ -71,7 +71,7 @@ def test_two_workers_share_one_port_and_both_serve(two_workers: Process) -> None
 def test_one_code_redeemed_a_hundred_times_across_workers_succeeds_once(
     two_workers: Process,
 ) -> None:
-    from tests.support.oauth import mint_code_form
+    from tools.oauth import mint_code_form
 
     client_id = httpx.post(
         two_workers.url + "/oauth/register", json={"redirect_uris": [REDIRECT]}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.store import Store, open_store
-from tests.support.processes import (
+from tools.processes import (
     Process,
     start_redis,
     start_redis_cluster,

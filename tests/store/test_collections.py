@@ -11,7 +11,7 @@ import pytest
 from sidecar.observability.metrics import REGISTRY
 from sidecar.store import Store, open_store
 from sidecar.store.instrumented import InstrumentedStore
-from tests.support.processes import Process
+from tools.processes import Process
 
 pytestmark = pytest.mark.anyio
 

@@ -26,7 +26,7 @@ from sidecar.oauth.grants import (
 from sidecar.oauth.records import Grant
 from sidecar.store import Store, open_store
 from sidecar.store.shape import META, SHAPE, migrate, migrate_at_start, shape_version
-from tests.support.processes import Process
+from tools.processes import Process
 
 pytestmark = pytest.mark.anyio
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.store import Store, StoreUnavailable, open_store
-from tests.support.processes import Process, free_port
+from tools.processes import Process, free_port
 
 pytestmark = pytest.mark.anyio
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.processes import require
+from tools.processes import require
 
 CHROMIUM_FLAGS = [
     # As root in a container there is no sandbox to drop into; the rest keep

@@ -17,8 +17,8 @@ import httpx
 
 from sidecar.config import load_settings
 from sidecar.keys import load_keyset
-from tests.support import fixtures
-from tests.support.processes import ROOT, Process, free_port, require, start, start_sidecar
+from tools import fixtures
+from tools.processes import ROOT, Process, free_port, require, start, start_sidecar
 
 ROUTER_DIR = ROOT / "tests" / "e2e" / "node"
 RESOURCES = "/api/mcp,/api/mcp-admin;scopes=mcp:admin"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.processes import IN_CI, ROOT
+from tools.processes import IN_CI, ROOT
 
 SECRET = "fixture-secret-3b1f0c9e8d7a6b5c4d3e2f1a0b9c8d7e"
 SECRETS = (

@@ -1,4 +1,5 @@
-"""Real processes for tests: the sidecar, a local upstream, Node, redis-server.
+"""Real processes for the tests, the demo and the benchmarks: the sidecar, a
+local upstream, Node, redis-server.
 
 Every process is started on a free loopback port, waited for until it answers,
 and stopped (then killed) at teardown.
@@ -24,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 # The Better Auth fixture; `make test-compat` points this at another version's.
 NODE_DIR = Path(os.environ.get("SIDECAR_NODE_DIR") or ROOT / "tests" / "e2e" / "node").resolve()
 SHARED = ROOT.parent / "shared"
@@ -179,7 +180,7 @@ def start_sidecar(
     return process
 
 
-def start_upstream(app: str = "tests.support.upstream_app:app") -> Process:
+def start_upstream(app: str = "tools.upstream_app:app") -> Process:
     port = free_port()
     return start(
         "upstream",

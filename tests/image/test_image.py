@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import ssl
 import subprocess
 import time
 import uuid
@@ -22,6 +23,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.support.certs import ThrowawayCA
 from tools import fixtures
 from tools.processes import (
     ROOT,
@@ -85,7 +87,18 @@ def memory_limit() -> str:
 
 
 class Container:
-    def __init__(self, image: str, env: dict[str, str], port: int | None = None) -> None:
+    def __init__(
+        self,
+        image: str,
+        env: dict[str, str],
+        port: int | None = None,
+        *,
+        mounts: tuple[str, ...] = (),
+        health_interval: str = "disable",
+        ca: Path | None = None,
+    ) -> None:
+        """``ca``: the container serves https (SIDECAR_TLS_CERTFILE) with a
+        certificate that CA signed; waited for over https, verified."""
         self.name = f"sidecar-test-{uuid.uuid4().hex[:8]}"
         self.port = port or free_port()
         self.metrics_port = free_port()
@@ -102,18 +115,22 @@ class Container:
             # As deploy/kubernetes/deployment.yaml runs it.
             *("--read-only", "--tmpfs", "/var/lib/sidecar:rw,U", "--tmpfs", "/tmp:rw"),
             *("--cap-drop", "ALL", "--security-opt", "no-new-privileges"),
-            *("--memory", memory_limit(), "--health-interval", "disable"),
+            *("--memory", memory_limit(), "--health-interval", health_interval),
         ]
+        for mount in mounts:
+            args += ["-v", mount]
         for k, v in full.items():
             args += ["-e", f"{k}={v}"]
         started = podman(*args, image, check=False)
         if started.returncode != 0:
             raise RuntimeError(what_is_missing(started.stderr))
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if ca else 'http'}://127.0.0.1:{self.port}"
+        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca)) if ca else True
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                if httpx.get(self.url + "/oauth/healthz", timeout=1).status_code == 200:
+                answer = httpx.get(self.url + "/oauth/healthz", timeout=1, verify=verify)
+                if answer.status_code == 200:
                     return
             except httpx.HTTPError:
                 time.sleep(0.1)
@@ -154,6 +171,47 @@ def test_the_image_starts_healthy_ready_and_serves_metrics(
     assert podman("healthcheck", "run", c.name, check=False).returncode == 0  # its own HEALTHCHECK
     metrics = httpx.get(f"http://127.0.0.1:{c.metrics_port}/metrics").text
     assert "sidecar_requests_total" in metrics
+
+
+def health_status(c: Container) -> str:
+    # podman 4.3 names it .State.Healthcheck (docker's .State.Health is an alias later).
+    return c.inspect("{{.State.Healthcheck.Status}}")
+
+
+def test_serving_tls_itself_the_image_reports_healthy(
+    image: str, containers: list[Container], tmp_path: Path
+) -> None:
+    """SIDECAR_TLS_CERTFILE/KEYFILE set, a throwaway certificate mounted: the
+    image's own HEALTHCHECK (deploy/healthcheck.py) asks over https and podman
+    reports the container healthy. The plain-http probe it replaced never did:
+    the TLS listener drops a request that is not a TLS handshake."""
+    certs = tmp_path / "certs"
+    ca = ThrowawayCA(certs)
+    leaf = ca.issue("server", "127.0.0.1", "localhost")
+    certs.chmod(0o755)  # the image's user (uid 10001) reads them through the mount
+    for path in (leaf.cert, leaf.key):
+        path.chmod(0o644)
+    c = Container(
+        image,
+        {
+            "SIDECAR_TLS_CERTFILE": f"/certs/{leaf.cert.name}",
+            "SIDECAR_TLS_KEYFILE": f"/certs/{leaf.key.name}",
+        },
+        mounts=(f"{certs}:/certs:ro",),
+        health_interval="1s",
+        ca=ca.path,
+    )
+    containers.append(c)
+    assert c.url.startswith("https://")
+    # Without systemd podman's timer may not fire: run the check as the timer would.
+    status = health_status(c)
+    deadline = time.monotonic() + 20
+    while status != "healthy" and time.monotonic() < deadline:
+        podman("healthcheck", "run", c.name, check=False)
+        status = health_status(c)
+        if status != "healthy":
+            time.sleep(0.5)
+    assert status == "healthy", c.inspect("{{json .State.Healthcheck}}")
 
 
 def test_it_runs_as_uid_and_gid_10001_with_no_capabilities(

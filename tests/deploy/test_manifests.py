@@ -4,6 +4,8 @@ agree with the real command line, configuration and routes."""
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from sidecar.cli import build_parser
 from sidecar.config import Settings, env_names, load_settings
 from sidecar.observability.health import LIVE_PATH, READY_PATH
 from sidecar.routes import ingress_routes
+from tools.processes import require
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -92,7 +95,11 @@ def test_the_image_runs_the_real_serve_command_as_a_non_root_user() -> None:
 def test_the_image_health_check_and_ports_match_the_configuration() -> None:
     text = dockerfile()
     env = dockerfile_env()
-    assert LIVE_PATH in text.split("HEALTHCHECK", 1)[1]
+    # The HEALTHCHECK runs deploy/healthcheck.py, copied into the image, which asks LIVE_PATH.
+    copied = re.search(r"^COPY deploy/healthcheck.py (\S+)$", text, re.M)
+    assert copied
+    assert f'CMD ["python", "{copied.group(1)}"]' in text.split("HEALTHCHECK", 1)[1]
+    assert f'PATH = "{LIVE_PATH}"' in (DEPLOY / "healthcheck.py").read_text()
     exposed = set(re.search(r"^EXPOSE (.+)$", text, re.M).group(1).split())  # type: ignore[union-attr]
     assert exposed == {env["SIDECAR_PORT"], env["SIDECAR_METRICS_PORT"]}
     settings = load_settings(env=env)
@@ -123,6 +130,45 @@ def test_the_deployment_probes_drains_and_runs_unprivileged() -> None:
     assert k8s["HorizontalPodAutoscaler"]["spec"]["minReplicas"] >= 2
 
 
+def tls_deployment() -> dict[str, Any]:
+    return yaml.safe_load((DEPLOY / "kubernetes" / "tls" / "deployment.yaml").read_text())  # type: ignore[no-any-return]
+
+
+def test_the_tls_deployment_is_the_plain_one_with_https_probes_and_a_certificate() -> None:
+    plain, tls = kubernetes()["Deployment"], tls_deployment()
+    container = tls["spec"]["template"]["spec"]["containers"][0]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["tls"]["readOnly"] is True
+    for name in ("SIDECAR_TLS_CERTFILE", "SIDECAR_TLS_KEYFILE"):
+        assert name in KNOWN_ENV
+        assert env[name].startswith(mounts["tls"]["mountPath"] + "/")
+    volumes = {v["name"]: v for v in tls["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"]
+    # Apart from those, the same Deployment as ../deployment.yaml.
+    for probe in ("livenessProbe", "readinessProbe"):
+        del container[probe]["httpGet"]["scheme"]
+    container["env"] = [e for e in container["env"] if not e["name"].startswith("SIDECAR_TLS_")]
+    container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] != "tls"]
+    pod = tls["spec"]["template"]["spec"]
+    pod["volumes"] = [v for v in pod["volumes"] if v["name"] != "tls"]
+    assert tls == plain
+
+
+def test_the_tls_deployment_validates_strictly() -> None:
+    validate = ROOT / ".venv" / "bin" / "kubernetes-validate"
+    found = str(validate) if validate.exists() else shutil.which("kubernetes-validate")
+    require(found is not None, "kubernetes-validate is not installed (make install)")
+    assert found
+    path = DEPLOY / "kubernetes" / "tls" / "deployment.yaml"
+    result = subprocess.run(
+        [found, "--strict", "--quiet", str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 # -- compose ----------------------------------------------------------------------
 
 
@@ -138,6 +184,52 @@ def test_compose_runs_two_replicas_sharing_a_persistent_redis() -> None:
     assert "--appendonly yes" in redis_command
     assert "noeviction" in redis_command
     assert services["redis"]["volumes"]
+
+
+def test_compose_has_one_entry_point_the_balancer_in_front_of_the_replicas() -> None:
+    services = compose()["services"]
+    published = {name: s["ports"] for name, s in services.items() if s.get("ports")}
+    assert list(published) == ["balancer"]
+    assert len(published["balancer"]) == 1
+    host_port, container_port = str(published["balancer"][0]).split(":")
+    replicas = sorted(name for name in services if name.startswith("sidecar"))
+    assert replicas == ["sidecar-a", "sidecar-b"]
+    assert {services[name]["environment"]["SIDECAR_STORE_URL"] for name in replicas} == {
+        "redis://redis:6379/0"
+    }
+    # The public URL is the balancer's address, the same for both replicas.
+    public = {services[name]["environment"]["SIDECAR_PUBLIC_URL"] for name in replicas}
+    assert public == {"${PUBLIC_URL:-http://localhost:" + host_port + "}"}
+    balancer = services["balancer"]
+    assert set(balancer["depends_on"]) == set(replicas)
+    source, target = balancer["volumes"][0].split(":")[:2]
+    assert target == "/etc/nginx/nginx.conf"
+    conf = (DEPLOY / source).read_text()
+    assert re.search(rf"^\s*listen {container_port};", conf, re.M)
+    port = dockerfile_env()["SIDECAR_PORT"]
+    upstream = re.findall(r"^\s*server ([\w.-]+:\d+)[\s;]", conf, re.M)
+    assert sorted(upstream) == [f"{name}:{port}" for name in replicas]
+
+
+def test_the_balancer_conf_passes_nginx_t() -> None:
+    nginx = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+    require(nginx is not None, "nginx is not installed (apt-get install nginx-light)")
+    assert nginx
+    conf = (DEPLOY / "balancer" / "nginx.conf").read_text()
+    # The replicas' names resolve only inside compose's network.
+    local = re.sub(r"sidecar-[ab]:", "127.0.0.1:", conf)
+    path = ROOT / ".build" / "balancer-nginx.conf"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(local)
+    result = subprocess.run(
+        [nginx, "-t", "-q", "-c", str(path), "-g", f"pid {path}.pid; error_log stderr;"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
 
 
 # -- ingress examples -------------------------------------------------------------

@@ -8,8 +8,10 @@ lifespan opens and closes the shared upstream client.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 from starlette.applications import Starlette
@@ -56,6 +58,7 @@ from sidecar.store.shape import migrate_at_start
 log = structlog.get_logger("sidecar")
 
 KEY_AGE_EVERY = 5.0  # seconds between updates of the signing key's age
+UPSTREAM_PROBE_TIMEOUT = 2.0  # seconds the one connection attempt at start may take
 
 
 class SidecarApp:
@@ -251,6 +254,16 @@ class SidecarApp:
                 "(token passthrough); prefer the Convex token header",
                 header=f"{self.settings.identity_header_prefix}Convex-Token",
             )
+        if not self.settings.resources:
+            log.warning(
+                "no resource is configured: MCP clients have nothing to ask for; "
+                "set resources (SIDECAR_RESOURCES), e.g. /api/mcp",
+            )
+        # In the background: an app that comes up later is no start-up failure.
+        self._upstream_probe = asyncio.create_task(self._probe_upstream())
+
+    def log_started(self) -> None:
+        """Said by the server once it listens (sidecar/runtime/server.py)."""
         log.info(
             "sidecar started",
             public_url=self.settings.public_url,
@@ -261,7 +274,21 @@ class SidecarApp:
             signing_kid=self.keys.signing.kid,
         )
 
+    async def _probe_upstream(self) -> None:
+        """One short connection attempt to the app; a warning if it fails."""
+        timeout = min(self.settings.upstream_connect_timeout, UPSTREAM_PROBE_TIMEOUT)
+        problem = await unreachable(self.settings.upstream_url, timeout)
+        if problem is not None:
+            log.warning(
+                "the upstream does not answer at start: requests to the app will fail "
+                "until it does; check upstream_url (SIDECAR_UPSTREAM_URL)",
+                upstream=self.settings.upstream_url,
+                error=problem,
+            )
+
     async def shutdown(self) -> None:
+        if (probe := getattr(self, "_upstream_probe", None)) is not None:
+            probe.cancel()
         if self._key_watch is not None:
             self._key_watch.cancel()
         if self._key_age is not None:
@@ -306,6 +333,23 @@ def with_header(send: Send, name: bytes, value: bytes) -> Send:
         await send(message)
 
     return sending
+
+
+async def unreachable(url: str, within: float) -> str | None:
+    """Why a TCP connection to ``url``'s host and port fails, or None."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        async with asyncio.timeout(within):
+            _reader, writer = await asyncio.open_connection(parts.hostname, port)
+    except TimeoutError:
+        return f"no answer within {within:g} s"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return None
 
 
 def create_app(settings: Settings) -> SidecarApp:

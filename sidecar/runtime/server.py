@@ -12,11 +12,12 @@ from types import FrameType
 import structlog
 import uvicorn
 
-from sidecar.app import create_app
+from sidecar.app import SidecarApp, create_app
 from sidecar.config import Settings
 from sidecar.expiring import watch_files
 from sidecar.observability.logging import configure_logging
 from sidecar.runtime.allocator import tune_malloc
+from sidecar.runtime.listen import EXIT_STARTUP_FAILED, ListenError, bind_listeners
 from sidecar.runtime.protocol import sidecar_protocol
 
 
@@ -68,15 +69,28 @@ async def watch_certificate(config: uvicorn.Config, certfile: str, keyfile: str)
 
 
 class Server(uvicorn.Server):
-    """uvicorn's server, but a drained shutdown ends with exit code 0.
+    """uvicorn's server, but a drained shutdown ends with exit code 0, and
+    "sidecar started" is said once it listens.
 
     uvicorn re-raises SIGTERM after draining, so the process would end "killed
     by signal"; a sidecar that finished every in-flight request has exited
     cleanly, and orchestrators and `make run` should see that.
+
+    ``announce``: say where it listens (uvicorn's "Uvicorn running on" line),
+    as uvicorn does only for sockets it bound itself; a supervisor's workers
+    leave that to the supervisor.
     """
+
+    def __init__(self, config: uvicorn.Config, *, announce: bool = False) -> None:
+        super().__init__(config)
+        self.announce = announce
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
+        if self.started and sockets is not None and self.announce:
+            self._log_started_message(sockets)
+        if self.started and isinstance(self.config.app, SidecarApp):
+            self.config.app.log_started()
         settings_cert = getattr(self.config, "ssl_certfile", None)
         if self.started and settings_cert and self.config.ssl is not None:
             self._cert_watch = asyncio.create_task(
@@ -105,7 +119,14 @@ class Server(uvicorn.Server):
 def serve(settings: Settings) -> int:
     configure_logging(settings.log_level, settings.log_format)
     tune_malloc()
-    server = Server(uvicorn_config(settings))
-    server.run()
+    config = uvicorn_config(settings)
+    try:
+        # Bound before the app starts: a port in use is one line, no more.
+        sockets = bind_listeners(settings.host, settings.port, config.backlog)
+    except ListenError as exc:
+        structlog.get_logger("sidecar").error("start-up failed", error=str(exc))
+        return EXIT_STARTUP_FAILED
+    server = Server(config, announce=True)
+    server.run(sockets=sockets)
     # 3, as uvicorn itself uses, when start-up (the lifespan) failed.
-    return 0 if server.started else 3
+    return 0 if server.started else EXIT_STARTUP_FAILED

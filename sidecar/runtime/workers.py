@@ -52,6 +52,7 @@ import structlog
 from sidecar.config import Settings
 from sidecar.observability.logging import bind_process_context
 from sidecar.runtime.allocator import tune_malloc
+from sidecar.runtime.listen import EXIT_STARTUP_FAILED, ListenError, bind_listeners
 
 RESPAWN_PAUSE = 0.5  # seconds between a worker's death and its replacement
 METRICS_POLL = 0.2  # seconds a wait for a scrape lasts before workers are reaped
@@ -64,9 +65,6 @@ class WSGIServerV6(WSGIServer):
 class QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass  # scrapes are not requests worth a log line
-
-
-EXIT_STARTUP_FAILED = 3
 
 
 def serve_workers(settings: Settings) -> int:
@@ -82,21 +80,29 @@ def serve_workers(settings: Settings) -> int:
     log = structlog.get_logger("sidecar")
     # A generated key is made here, once, before any worker could race to.
     load_keyset(settings)
-    listener = socket.create_server((settings.host, settings.port), backlog=2048, reuse_port=False)
-    listener.set_inheritable(True)
-    supervisor = Supervisor(settings, listener, metrics_dir)
+    try:
+        # One line naming the key for a port in use, as with one process.
+        listeners = bind_listeners(settings.host, settings.port, backlog=2048)
+    except ListenError as exc:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        log.error("start-up failed", error=str(exc))
+        return EXIT_STARTUP_FAILED
+    supervisor = Supervisor(settings, listeners, metrics_dir)
     try:
         return supervisor.run()
     finally:
-        listener.close()
+        for listener in listeners:
+            listener.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
         log.info("sidecar stopped", workers=settings.workers)
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, listener: socket.socket, metrics_dir: str) -> None:
+    def __init__(
+        self, settings: Settings, listeners: list[socket.socket], metrics_dir: str
+    ) -> None:
         self.settings = settings
-        self.listener = listener
+        self.listeners = listeners
         self.metrics_dir = metrics_dir
         self.workers: dict[int, int] = {}  # pid -> worker number
         self.stopping = False
@@ -186,7 +192,7 @@ class Supervisor:
         settings = dataclasses.replace(self.settings, metrics_port=0)
         bind_process_context(worker=number)
         server = Server(uvicorn_config(settings))
-        server.run(sockets=[self.listener])
+        server.run(sockets=self.listeners)
         return 0 if server.started else EXIT_STARTUP_FAILED
 
     def stop(self, signum: int, _frame: Any) -> None:

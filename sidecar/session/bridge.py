@@ -24,6 +24,7 @@ from sidecar.config import Settings
 from sidecar.keys import KeySet
 from sidecar.proxy.headers import drop_cookie_domain, upstream_cookie_domain
 from sidecar.proxy.upstream import UpstreamClient, UpstreamError
+from sidecar.session.refusals import Refusals, shown
 
 log = structlog.get_logger("sidecar.session")
 
@@ -85,13 +86,20 @@ class SessionBridge:
         # Cookies the app scopes to its own host (Better Auth on Convex's
         # .convex.site) are made host-only for the public origin, as the proxy does.
         self.cookie_domain = upstream_cookie_domain(settings.upstream_url, settings.public_url)
+        self.refusals = Refusals()
 
-    def verify_session_jwt(self, token: str) -> User | None:
-        """A Convex session JWT from this deployment, or None."""
+    def verify_session_jwt(self, token: str, *, fresh: bool = False) -> User | None:
+        """A Convex session JWT from this deployment, or None. ``fresh``: the
+        app minted it just now (its /convex/token answer), not a cookie."""
         try:
             header = jwt.get_unverified_header(token)
-            alg, key = self.keys[header.get("kid", "")]
+            kid = header.get("kid", "")
+            if kid not in self.keys:
+                self.refusals.refused("key", f"unknown key id {shown(kid)}")
+                return None
+            alg, key = self.keys[kid]
             if header.get("alg") != alg:
+                self.refusals.refused("signature", f"alg {shown(header.get('alg'))}, not {alg}")
                 return None
             claims = jwt.decode(
                 token,
@@ -102,7 +110,10 @@ class SessionBridge:
                 leeway=CLOCK_SKEW,
                 options={"require": ["exp", "iat", "sub", "iss", "aud"]},
             )
-        except (jwt.PyJWTError, KeyError, ValueError, TypeError):
+        except jwt.PyJWTError as exc:
+            self.refusals.refused_by(exc, token, self.issuer, fresh=fresh)
+            return None
+        except (KeyError, ValueError, TypeError):
             return None
         # An OAuth access token of ours is never a session (README, "Security").
         if header.get("typ") == "at+jwt":
@@ -172,7 +183,7 @@ class SessionBridge:
 
     def _from_token(self, body: Any) -> User | None:
         token = body.get("token") if isinstance(body, dict) else None
-        return self.verify_session_jwt(token) if isinstance(token, str) else None
+        return self.verify_session_jwt(token, fresh=True) if isinstance(token, str) else None
 
     @staticmethod
     def _from_session(body: Any) -> User | None:

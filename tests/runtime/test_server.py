@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
 import httpx
+import pytest
 
-from tools.processes import Process, running, start_sidecar
+from tools.processes import Process, free_port, running, sidecar_env, start_sidecar
 
 
 def test_start_up_logs_where_it_listens_and_where_it_proxies(upstream: Process) -> None:
@@ -158,3 +163,90 @@ def test_a_log_line_orjson_refuses_is_still_written() -> None:
     render = structlog.processors.JSONRenderer(serializer=_dumps)
     line = render(None, "warning", {"event": "odd values", "counts": {1: "x"}, "big": 2**70})
     assert json.loads(line) == {"event": "odd values", "counts": {"1": "x"}, "big": 2**70}
+
+
+def serve_once(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The real `sidecar serve`, run until it exits by itself."""
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", "serve"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_port_in_use_is_one_line_naming_the_key_and_exit_3(
+    upstream: Process, workers: str
+) -> None:
+    # With several workers the supervisor binds the socket itself.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = serve_once(sidecar_env(upstream.url, port, SIDECAR_WORKERS=workers))
+    output = result.stderr + result.stdout
+    assert result.returncode == 3, output
+    naming = [line for line in output.splitlines() if "port (SIDECAR_PORT)" in line]
+    assert len(naming) == 1, output
+    assert json.loads(naming[0])["error"] == (
+        f"port {port} is in use on 127.0.0.1: set port (SIDECAR_PORT) to a free port"
+    )
+    assert '"start-up failed"' in naming[0]
+    # Nothing started, so nothing around it: no traceback, no bind error of
+    # uvicorn's, no "sidecar started" or "stopped" either side of it.
+    assert "Traceback" not in output
+    assert "error while attempting to bind" not in output
+    assert "Errno" not in output
+    for said in ("sidecar started", "Waiting for application startup", "sidecar stopped"):
+        assert said not in output
+
+
+def test_sidecar_started_is_said_once_it_listens(upstream: Process) -> None:
+    with running(start_sidecar(upstream.url)) as sidecar:
+        events = [str(r.get("event")) for r in sidecar.log_records()]
+    listening = next(i for i, e in enumerate(events) if e.startswith("Uvicorn running on"))
+    started = events.index("sidecar started")
+    assert listening < started
+    assert events.count("sidecar started") == 1
+    assert "Application startup complete." in events[:started]
+
+
+def warnings_naming(sidecar: Process, key: str, within: float = 5.0) -> list[dict[str, object]]:
+    deadline = time.monotonic() + within
+    while True:
+        found = [
+            r for r in sidecar.log_records() if r.get("level") == "warning" and key in json.dumps(r)
+        ]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+def test_no_resource_configured_is_a_warning_at_start(upstream: Process) -> None:
+    with running(start_sidecar(upstream.url)) as bare:
+        warned = warnings_naming(bare, "resources (SIDECAR_RESOURCES)")
+    assert len(warned) == 1
+    assert "MCP clients have nothing to ask for" in str(warned[0]["event"])
+    with running(start_sidecar(upstream.url, SIDECAR_RESOURCES="/api/mcp")) as configured:
+        assert warnings_naming(configured, "SIDECAR_RESOURCES", within=0.5) == []
+
+
+def test_an_upstream_that_does_not_answer_at_start_is_a_warning_not_a_failure() -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    began = time.monotonic()
+    # start_sidecar returns once /oauth/healthz answers: start-up completed.
+    with running(start_sidecar(nowhere)) as sidecar:
+        assert time.monotonic() - began < 20
+        warned = warnings_naming(sidecar, "upstream_url (SIDECAR_UPSTREAM_URL)")
+        assert httpx.get(sidecar.url + "/oauth/healthz").status_code == 200
+    assert len(warned) == 1
+    assert warned[0]["upstream"] == nowhere
+    assert warned[0]["error"]
+
+
+def test_an_upstream_that_answers_at_start_is_no_warning(upstream: Process) -> None:
+    with running(start_sidecar(upstream.url)) as sidecar:
+        time.sleep(0.5)
+        assert warnings_naming(sidecar, "SIDECAR_UPSTREAM_URL", within=0) == []

@@ -102,8 +102,25 @@ def _doctor_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "url", help="the MCP URL people paste, e.g. https://app.example.com/api/mcp"
     )
     doctor.add_argument("--json", action="store_true", help="the checklist as data")
-    doctor.add_argument("--auth-base-path", default="/api/auth", help="Better Auth's base path")
-    doctor.add_argument("--login-return-param", default="callbackURL")
+    doctor.add_argument(
+        "--config",
+        nargs="?",
+        const="",
+        metavar="FILE",
+        help="also compare with the sidecar's own configuration, read as `sidecar serve` reads "
+        "it (this TOML file, else SIDECAR_CONFIG, and the SIDECAR_* environment): its "
+        "auth_base_path, login_return_param, public_url, issuer, and session_issuer and JWKS "
+        "kids against what the app publishes; without it the session issuer is not compared",
+    )
+    doctor.add_argument(
+        "--session-issuer",
+        help="the issuer the sidecar expects in the app's session JWTs (its session_issuer / "
+        "CONVEX_SITE_URL), compared with the app's convex/.well-known/openid-configuration",
+    )
+    doctor.add_argument(
+        "--auth-base-path", help="Better Auth's base path (default: the config's, else /api/auth)"
+    )
+    doctor.add_argument("--login-return-param", help="default: the config's, else callbackURL")
     doctor.add_argument("--ca-file", help="trust this CA (a private one) for https")
 
 
@@ -292,6 +309,8 @@ def _doctor(args: argparse.Namespace) -> int:
             return fail(f"cannot read --ca-file {args.ca_file}: {exc.strerror}", 2)
     report = diagnose(
         args.url,
+        config=args.config,
+        session_issuer=args.session_issuer,
         auth_base_path=args.auth_base_path,
         login_return_param=args.login_return_param,
         verify=verify,

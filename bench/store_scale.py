@@ -29,6 +29,7 @@ from tools.processes import (
     ROOT,
     free_port,
     node_available,
+    signing_key_file,
     start_better_auth,
     start_redis,
     start_sidecar,
@@ -127,6 +128,7 @@ def run(seconds: int = 0) -> None:
                 app.url,
                 port=port,
                 SIDECAR_STORE_URL=url,
+                SIDECAR_SIGNING_KEY_FILE=signing_key_file(),
                 SIDECAR_LOG_LEVEL="warning",
                 SIDECAR_RATE_LIMIT_PER_IP="0",
             )

@@ -11,15 +11,41 @@ import asyncio
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sidecar.config import ConfigError, Settings, env_names, load_settings
+from sidecar.config import ConfigError, Settings, env_names, load_settings, unknown_environment
+
+if TYPE_CHECKING:
+    from sidecar.store import Store
 
 EXIT_CONFIG = 2
 
 
-def _config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
+def _config_args(parser: argparse.ArgumentParser, *, create: bool = False) -> None:
+    """--config, before or after the subcommand (a subcommand's default never
+    hides the one given before it); --create where a store may be made."""
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="TOML configuration file (SIDECAR_CONFIG)",
+    )
+    if create:
+        parser.add_argument(
+            "--create",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="start a new empty SQLite store (or generated key) where none is yet",
+        )
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("convex-oauth-sidecar")
+    except PackageNotFoundError:  # pragma: no cover - run from a bare checkout
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,9 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sidecar",
         description="OAuth 2.1 for MCP clients in front of a Better Auth + Convex app.",
     )
+    parser.add_argument(
+        "--version", action="version", version=f"sidecar {_version()}", help="print the version"
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML configuration file (SIDECAR_CONFIG)")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
-    check = sub.add_parser("check-config", help="print the effective configuration")
+    check = sub.add_parser(
+        "check-config",
+        help="run every check serve runs before it listens, then print the effective configuration",
+    )
     _config_args(check)
     convex = sub.add_parser(
         "convex-auth-config",
@@ -49,8 +82,12 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     _config_args(serve)
     serve.add_argument("--host", help="listen address (SIDECAR_HOST)")
     serve.add_argument("--port", type=int, help="listen port (SIDECAR_PORT)")
-    serve.add_argument("--upstream", dest="upstream_url", help="the app's origin")
-    serve.add_argument("--public-url", dest="public_url", help="the origin clients see")
+    serve.add_argument(
+        "--upstream", dest="upstream_url", help="the app's origin (SIDECAR_UPSTREAM_URL)"
+    )
+    serve.add_argument(
+        "--public-url", dest="public_url", help="the origin clients see (SIDECAR_PUBLIC_URL)"
+    )
     serve.add_argument(
         "--workers", help="serving processes on one port, or auto (SIDECAR_WORKERS; default 1)"
     )
@@ -58,19 +95,27 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def _keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     keys = sub.add_parser("keys", help="signing keys")
-    _config_args(keys)
+    _config_args(keys, create=True)
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-    keys_sub.add_parser("list", help="the published keys and which one signs")
-    keys_sub.add_parser("rotate", help="add a key that signs from now on (own-key mode)")
+    listing = keys_sub.add_parser("list", help="the published keys and which one signs")
+    rotate = keys_sub.add_parser("rotate", help="add a key that signs from now on (own-key mode)")
+    for leaf in (listing, rotate):
+        _config_args(leaf, create=True)
 
 
 def _clients_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     clients = sub.add_parser("clients", help="pre-registered OAuth clients")
-    _config_args(clients)
+    _config_args(clients, create=True)
     clients_sub = clients.add_subparsers(dest="clients_command", required=True)
     add = clients_sub.add_parser("add", help="register a client; prints its id (and secret)")
-    add.add_argument("--name", required=True)
-    add.add_argument("--redirect-uri", action="append", required=True, dest="redirect_uris")
+    add.add_argument("--name", required=True, help="the client's name, shown on the consent page")
+    add.add_argument(
+        "--redirect-uri",
+        action="append",
+        required=True,
+        dest="redirect_uris",
+        help="where the client receives its codes (repeat for several)",
+    )
     add.add_argument(
         "--confidential", action="store_true", help="issue a secret (client_secret_basic)"
     )
@@ -85,13 +130,15 @@ def _clients_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="may exchange access tokens for Convex tokens (RFC 8693; needs --confidential)",
     )
-    clients_sub.add_parser("list", help="list registered clients")
+    listing = clients_sub.add_parser("list", help="list registered clients")
     remove = clients_sub.add_parser("remove", help="remove a client")
-    remove.add_argument("client_id")
-    clients_sub.add_parser(
+    remove.add_argument("client_id", help="the client to remove")
+    prune = clients_sub.add_parser(
         "prune",
         help="forget self-registered clients never used (registration_unused_ttl)",
     )
+    for leaf in (add, listing, remove, prune):
+        _config_args(leaf, create=True)
 
 
 def _doctor_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -126,7 +173,7 @@ def _doctor_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 def _grants_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     grants = sub.add_parser("grants", help="what people have granted to clients")
-    _config_args(grants)
+    _config_args(grants, create=True)
     grants_sub = grants.add_subparsers(dest="grants_command", required=True)
     listing = grants_sub.add_parser("list", help="live grants, one a line")
     listing.add_argument("--user", help="only this Better Auth user id's")
@@ -138,6 +185,8 @@ def _grants_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     which.add_argument("grant_id", nargs="?", help="one grant")
     which.add_argument("--user", help="every grant of this Better Auth user id")
     which.add_argument("--client", help="every grant of this client")
+    for leaf in (listing, revoke):
+        _config_args(leaf, create=True)
 
 
 def _load(args: argparse.Namespace) -> Settings:
@@ -145,6 +194,8 @@ def _load(args: argparse.Namespace) -> Settings:
         key: getattr(args, key, None)
         for key in ("host", "port", "upstream_url", "public_url", "workers")
     }
+    for warning in unknown_environment():
+        print(f"sidecar: warning: {warning}", file=sys.stderr)
     return load_settings(args.config, overrides=overrides)
 
 
@@ -157,17 +208,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "doctor":
         return _doctor(args)  # from anywhere: needs no configuration of its own
+    from sidecar.preflight import Refused
+
     try:
         settings = _load(args)
         if args.command == "serve":
-            if settings.workers > 1:
-                from sidecar.runtime.workers import serve_workers
-
-                return serve_workers(settings)
-            from sidecar.runtime.server import serve
-
-            return serve(settings)
+            return _serve(settings)
         if args.command == "check-config":
+            from sidecar.preflight import check_all
+
+            check_all(settings)
             print(json.dumps(settings.redacted(), indent=2))
             return 0
         if args.command == "convex-auth-config":
@@ -187,15 +237,71 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "grants":
             return asyncio.run(_grants(settings, args))
     except ConfigError as exc:
-        names = " / ".join(env_names(exc.key)) if exc.key != "config" else "--config"
+        names = exc.env or (" / ".join(env_names(exc.key)) if exc.key != "config" else "--config")
         return fail(f"configuration error: {exc.key} ({names}): {exc.message}")
+    except Refused as exc:
+        return fail(exc.message, exc.code)
     return fail(f"unknown command {args.command!r}")
+
+
+def _serve(settings: Settings) -> int:
+    from sidecar.preflight import before_serving
+
+    before_serving(settings)
+    if settings.workers > 1:
+        from sidecar.runtime.workers import serve_workers
+
+        return serve_workers(settings)
+    from sidecar.runtime.server import serve
+
+    return serve(settings)
+
+
+def _operator_store(settings: Settings, args: argparse.Namespace) -> Store:
+    """The store an operator command works on, named on stderr; a SQLite file
+    that is not there yet is refused unless --create (an empty store opened by
+    mistake, from another directory, answers every question with nothing)."""
+    from pathlib import Path
+
+    from sidecar.preflight import Refused
+    from sidecar.store import open_store
+    from sidecar.store.sqlite import path_from_url
+
+    url = settings.store_url
+    shown = url.split("://", 1)[0] + "://" + url.split("://", 1)[1].rpartition("@")[2]
+    if url.lower().startswith("sqlite://"):
+        path = Path(path_from_url(url)).resolve()
+        if not path.exists() and not getattr(args, "create", False):
+            raise Refused(
+                f"no store at {path} (store_url (SIDECAR_STORE_URL) {url}): run where the "
+                "sidecar keeps its state or pass --config; --create starts an empty one",
+                EXIT_CONFIG,
+            )
+        shown = f"{url} ({path})"
+    print(f"sidecar: store {shown}", file=sys.stderr)
+    try:
+        return open_store(url)
+    except ValueError as exc:
+        raise ConfigError("store_url", str(exc)) from None
 
 
 def _keys(settings: Settings, args: argparse.Namespace) -> int:
     from sidecar.keys import load_keyset
-    from sidecar.keys.keyset import rotate_managed_keys
+    from sidecar.keys.keyset import keys_file, rotate_managed_keys
 
+    if settings.jwks:
+        print("sidecar: keys from JWKS (reuse mode)", file=sys.stderr)
+    elif settings.signing_key_file:
+        print(f"sidecar: keys from signing_key_file {settings.signing_key_file}", file=sys.stderr)
+    else:
+        path = keys_file(settings).resolve()
+        if not path.exists() and not getattr(args, "create", False):
+            return fail(
+                f"no generated keys at {path} (data_dir (SIDECAR_DATA_DIR) "
+                f"{settings.data_dir}): run where the sidecar keeps its state or pass "
+                "--config; --create generates the first key"
+            )
+        print(f"sidecar: keys from {path}", file=sys.stderr)
     if args.keys_command == "rotate":
         if settings.jwks or settings.signing_key_file:
             return fail(
@@ -221,9 +327,8 @@ async def _clients(settings: Settings, args: argparse.Namespace) -> int:
     from sidecar.oauth.client_model import client_from_metadata
     from sidecar.oauth.clients import ClientRegistry
     from sidecar.oauth.errors import OAuthError
-    from sidecar.store import open_store
 
-    store = open_store(settings.store_url)
+    store = _operator_store(settings, args)
     await store.open()
     try:
         registry = ClientRegistry(store)
@@ -323,10 +428,10 @@ async def _grants(settings: Settings, args: argparse.Namespace) -> int:
     import time
 
     from sidecar.oauth.grants import Grants
-    from sidecar.store import StoreUnavailable, open_store
+    from sidecar.store import StoreUnavailable
     from sidecar.store.shape import migrate
 
-    store = open_store(settings.store_url)
+    store = _operator_store(settings, args)
     try:
         await store.open()
         grants = Grants(settings, store)

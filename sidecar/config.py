@@ -12,7 +12,6 @@ code 2, never a traceback.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -39,6 +38,7 @@ from sidecar.config_parsers import (
     as_hosts,
     as_image_link,
     as_issuer,
+    as_jwks,
     as_link,
     as_login_url,
     as_networks,
@@ -53,8 +53,11 @@ from sidecar.config_parsers import (
     as_workers,
     choice,
     integer,
+    is_loopback_url,
     place_resources,
+    same_machine,
     seconds,
+    shown,
 )
 from sidecar.urls import InvalidURL, canonical_url, is_under
 
@@ -65,13 +68,21 @@ def setting(
     *,
     env: tuple[str, ...] = (),
     empty_is_default: bool = False,
+    empty_is_error: bool = False,
     secret: bool = False,
 ) -> Any:
     """A configuration key: its default, the parser that reads a value given
     for it, the environment names that set it (the first found wins; none
-    given: ``SIDECAR_<KEY>``), whether an empty value leaves the default, and
-    whether ``check-config`` hides it."""
-    metadata = {"parse": parse, "env": env, "empty_is_default": empty_is_default, "secret": secret}
+    given: ``SIDECAR_<KEY>``), whether an empty value leaves the default (an
+    empty environment variable always does, unless ``empty_is_error``: then
+    its parser sees it), and whether ``check-config`` hides it."""
+    metadata = {
+        "parse": parse,
+        "env": env,
+        "empty_is_default": empty_is_default,
+        "empty_is_error": empty_is_error,
+        "secret": secret,
+    }
     return field(default=default, metadata=metadata)
 
 
@@ -93,9 +104,13 @@ class Settings:
     issuer: str = setting("", as_issuer, empty_is_default=True)  # empty: public_url + "/oauth"
     # State and keys. The environment names follow what the Convex deployment
     # and Better Auth read.
-    store_url: str = setting("sqlite:///./data/sidecar.db", as_store_url)
+    # Everything the sidecar writes goes under data_dir: generated keys and
+    # the default store, sqlite:///<data_dir>/sidecar.db (store_url empty).
+    store_url: str = setting("", as_store_url, empty_is_default=True)
     data_dir: str = setting("./data", as_str)
-    jwks: str | None = _text(env=("SIDECAR_JWKS", "JWKS"), secret=True)
+    jwks: str | None = setting(
+        None, as_jwks, env=("SIDECAR_JWKS", "JWKS"), empty_is_error=True, secret=True
+    )
     better_auth_secret: str | None = _text(env=("BETTER_AUTH_SECRET",), secret=True)
     better_auth_secrets: str | None = _text(env=("BETTER_AUTH_SECRETS",), secret=True)
     signing_key_file: str | None = _text()
@@ -243,27 +258,10 @@ class Settings:
 
     def redacted(self) -> dict[str, Any]:
         """The effective configuration for display, secrets replaced."""
-        return {f.name: _shown(f, getattr(self, f.name)) for f in dataclasses.fields(self)}
-
-
-def _shown(key: dataclasses.Field[Any], value: Any) -> Any:
-    if key.metadata["secret"] and value:
-        return "<redacted>"
-    if key.name == "resources":
-        return [
-            {
-                "url": r.url,
-                "mode": r.mode,
-                "scopes": list(r.scopes),
-                "scopes_supported": list(r.scopes_supported),
-            }
-            for r in value
-        ]
-    if key.name == "scope_includes":
-        return {scope: list(included) for scope, included in value}
-    if key.name in ("trusted_proxies", "trusted_client_egress"):
-        return [str(n) for n in value]
-    return list(value) if isinstance(value, tuple) else value
+        return {
+            f.name: shown(f.name, f.metadata["secret"], getattr(self, f.name))
+            for f in dataclasses.fields(self)
+        }
 
 
 KEYS: Mapping[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(Settings)}
@@ -279,12 +277,22 @@ def env_names(key: str) -> tuple[str, ...]:
 def check_serving(settings: Settings) -> None:
     """What serving needs beyond what reading the keys or the clients does
     (``load_settings`` alone leaves it out): with a static JWKS, the issuer
-    of the app's session JWTs."""
+    of the app's session JWTs; with a shared store, keys every replica
+    shares (a key generated per replica would refuse the others' tokens)."""
     if settings.jwks and not settings.session_issuer:
         raise ConfigError(
             "session_issuer",
             "JWKS is set, so the session JWT issuer is "
             "needed too: set CONVEX_SITE_URL or SIDECAR_SESSION_ISSUER",
+        )
+    shared = settings.store_url.lower().startswith(("redis://", "rediss://", "redis+"))
+    if shared and not (settings.jwks or settings.signing_key_file):
+        raise ConfigError(
+            "jwks",
+            "not set, nor signing_key_file, with a shared store "
+            f"({settings.store_url.split('://', 1)[0]}://): each replica would generate its "
+            "own signing key and refuse the others' tokens; set JWKS and BETTER_AUTH_SECRET "
+            "(reuse mode) or signing_key_file (one key file on every replica)",
         )
 
 
@@ -297,19 +305,42 @@ def load_settings(
     environment, then explicit overrides (command-line options)."""
     env = os.environ if env is None else env
     raw: dict[str, Any] = {}
+    given: dict[str, str] = {}  # key -> the environment variable that set it
     if config_file is None:
         config_file = env.get("SIDECAR_CONFIG") or None
     if config_file is not None:
         raw.update(_read_toml(Path(config_file)))
-    for key in KEYS:
+    for key, f in KEYS.items():
         for name in env_names(key):
-            if name in env and env[name] != "":
+            if name in env and (env[name] != "" or f.metadata["empty_is_error"]):
                 raw[key] = env[name]
+                given[key] = name
                 break
     for key, value in (overrides or {}).items():
         if value is not None:
             raw[key] = value
-    return _build(raw)
+            given.pop(key, None)
+    try:
+        return _build(raw)
+    except ConfigError as exc:
+        exc.env = exc.env or given.get(exc.key)
+        raise
+
+
+def unknown_environment(env: Mapping[str, str] | None = None) -> list[str]:
+    """A warning for each ``SIDECAR_*`` variable that sets no key (a typo the
+    TOML file would refuse), naming the closest one."""
+    import difflib
+
+    env = os.environ if env is None else env
+    known = {name for key in KEYS for name in env_names(key)} | {"SIDECAR_CONFIG"}
+    warnings = []
+    for name in sorted(env):
+        if name.startswith("SIDECAR_") and name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            warnings.append(f"{name} is not a setting and is ignored{hint}")
+    return warnings
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -359,6 +390,42 @@ def _public_url_and_issuer(values: dict[str, Any]) -> None:
         values["issuer"] = values["public_url"] + "/oauth"
 
 
+def _store_in_data_dir(values: dict[str, Any]) -> None:
+    """One place for state: the default store is a file in data_dir."""
+    if not values["store_url"]:
+        values["store_url"] = f"sqlite:///{values['data_dir'].rstrip('/')}/sidecar.db"
+
+
+def _issuer_served_here(values: dict[str, Any]) -> None:
+    """The sidecar serves its metadata and endpoints on public_url only: an
+    issuer on another origin names endpoints no one answers."""
+    issuer, public = urlsplit(values["issuer"]), urlsplit(values["public_url"])
+    if (issuer.scheme, issuer.netloc) != (public.scheme, public.netloc):
+        raise ConfigError(
+            "issuer",
+            f"{values['issuer']} is not on public_url {values['public_url']}, where the "
+            f"sidecar serves; leave it empty for {values['public_url']}/oauth",
+        )
+
+
+def _upstream_is_not_the_sidecar(values: dict[str, Any]) -> None:
+    """A proxied request sent back to the sidecar itself loops until it times out."""
+    upstream = urlsplit(values["upstream_url"])
+    port = upstream.port or (443 if upstream.scheme == "https" else 80)
+    own = values["port"] and port == values["port"]
+    if own and same_machine(upstream.hostname or "", values["host"]):
+        where = f"the sidecar's own listener {values['host']}:{values['port']}"
+    elif values["upstream_url"] == values["public_url"]:
+        where = "the sidecar's public_url"
+    else:
+        return
+    raise ConfigError(
+        "upstream_url",
+        f"{values['upstream_url']} is {where}: every proxied request would come back to "
+        "the sidecar; set it to the app's own address",
+    )
+
+
 def _resources_on_public_url(values: dict[str, Any]) -> None:
     values["resources"] = place_resources("resources", values["resources"], values["public_url"])
 
@@ -401,7 +468,7 @@ def _https_off_loopback(values: dict[str, Any]) -> None:
         return
     for key in ("public_url", "issuer"):
         url = values[key]
-        if url.startswith("http://") and not _is_loopback_url(url):
+        if url.startswith("http://") and not is_loopback_url(url):
             raise ConfigError(
                 key,
                 f"{url} is plain http on a host that is not loopback; MCP clients need "
@@ -416,22 +483,15 @@ def _tls_pair(values: dict[str, Any]) -> None:
         raise ConfigError(missing, "tls_certfile and tls_keyfile go together")
 
 
-def _is_loopback_url(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 RULES: tuple[Callable[[dict[str, Any]], None], ...] = (
+    _store_in_data_dir,
     _public_url_and_issuer,
     _resources_on_public_url,
     _one_store_for_all_workers,
     _scopes_offered,
     _https_off_loopback,
+    _issuer_served_here,
+    _upstream_is_not_the_sidecar,
     _tls_pair,
 )
 

@@ -28,9 +28,12 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 class ConfigError(Exception):
     """A configuration value that cannot be used; ``key`` names it."""
 
-    def __init__(self, key: str, message: str) -> None:
+    def __init__(self, key: str, message: str, env: str | None = None) -> None:
         self.key = key
         self.message = message
+        # The environment variable that gave the value, when that is known
+        # (the error then names it rather than every name of the key).
+        self.env = env
         super().__init__(f"{key}: {message}")
 
 
@@ -182,6 +185,27 @@ def usable_cpus() -> int:
     return max(1, count)
 
 
+def shown(name: str, secret: bool, value: Any) -> Any:
+    """A key's value for display (check-config), a secret replaced."""
+    if secret and value:
+        return "<redacted>"
+    if name == "resources":
+        return [
+            {
+                "url": r.url,
+                "mode": r.mode,
+                "scopes": list(r.scopes),
+                "scopes_supported": list(r.scopes_supported),
+            }
+            for r in value
+        ]
+    if name == "scope_includes":
+        return {scope: list(included) for scope, included in value}
+    if name in ("trusted_proxies", "trusted_client_egress"):
+        return [str(n) for n in value]
+    return list(value) if isinstance(value, tuple) else value
+
+
 # -- URLs, paths and files -------------------------------------------------
 
 
@@ -205,6 +229,40 @@ def as_issuer(key: str, value: Any) -> str:
     if urlsplit(issuer).path != "/oauth":
         raise ConfigError(key, f"must be <origin>/oauth, the sidecar's namespace, got {issuer!r}")
     return issuer
+
+
+def as_jwks(key: str, value: Any) -> str:
+    """The deployment's static JWKS (Better Auth's jwks table as JSON; its
+    rows are read with the keys, sidecar/keys/static_jwks.py). Set but empty
+    is an error, never "unset": ``--from-literal=JWKS="$JWKS"``
+    with the variable unset would otherwise leave each replica generating
+    its own key."""
+    text = as_str(key, value)
+    if not text:
+        raise ConfigError(
+            key,
+            "is set but empty: give the deployment's JWKS (its Convex environment "
+            "variable), or unset it for own-key mode",
+        )
+    return text
+
+
+def same_machine(host_a: str, host_b: str) -> bool:
+    """Two host names that reach the same machine as far as a listener on
+    one of them is concerned (loopback and the any-address count as one)."""
+    local = {"127.0.0.1", "localhost", "0.0.0.0", "::", "::1", "[::1]", "[::]", ""}
+    a, b = host_a.lower().strip("[]"), host_b.lower().strip("[]")
+    return a == b or (a in local and b in local)
+
+
+def is_loopback_url(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def as_session_issuer(key: str, value: Any) -> str:

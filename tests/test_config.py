@@ -180,21 +180,32 @@ def test_a_missing_config_file_stops_start_up_with_one_line() -> None:
     assert "/nonexistent/sidecar.toml" in result.stderr
 
 
-def test_check_config_prints_the_effective_configuration_with_secrets_redacted() -> None:
+def test_check_config_prints_the_effective_configuration_with_secrets_redacted(
+    tmp_path: Path,
+) -> None:
+    # check-config now loads the keys as serve does: a JWKS the secret
+    # decrypts, and the session issuer that serving with it needs.
+    from tools import fixtures
+    from tools.processes import free_port
+
+    port = free_port()
     result = run_cli(
         "check-config",
         env={
-            "BETTER_AUTH_SECRET": "super-secret-value",
-            "JWKS": '[{"id":"k"}]',
-            "SIDECAR_PORT": "9999",
+            "BETTER_AUTH_SECRET": fixtures.SECRET,
+            "JWKS": fixtures.text("static-jwks.json"),
+            "CONVEX_SITE_URL": fixtures.SITE_URL,
+            "SIDECAR_PORT": str(port),
+            "SIDECAR_METRICS_PORT": "0",
+            "SIDECAR_DATA_DIR": str(tmp_path),
         },
     )
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout)
-    assert shown["port"] == 9999
+    assert shown["port"] == port
     assert shown["better_auth_secret"] == "<redacted>"
     assert shown["jwks"] == "<redacted>"
-    assert "super-secret-value" not in result.stdout
+    assert fixtures.SECRET not in result.stdout
 
 
 def test_a_store_url_the_backend_cannot_use_stops_start_up_with_one_line() -> None:
@@ -303,8 +314,10 @@ def test_plain_http_off_loopback_stops_start_up_unless_allowed(key: str) -> None
         load_settings(env=env)
     assert err.value.key == key
     assert "allow_insecure_http" in err.value.message
-    allowed = load_settings(env={**env, "SIDECAR_ALLOW_INSECURE_HTTP": "true"})
-    assert getattr(allowed, key).startswith("http://")
+    allowed = {**env, "SIDECAR_ALLOW_INSECURE_HTTP": "true"}
+    if key == "issuer":  # allowed, it is still on another origin than public_url
+        allowed["SIDECAR_PUBLIC_URL"] = "http://auth.example.com"
+    assert getattr(load_settings(env=allowed), key).startswith("http://")
 
 
 @pytest.mark.parametrize(

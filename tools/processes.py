@@ -158,6 +158,23 @@ def sidecar_env(upstream_url: str, port: int, **extra: str) -> dict[str, str]:
     return env
 
 
+def signing_key_file() -> str:
+    """A PEM signing key in a fresh directory: what replicas on one shared
+    store sign with (a key generated per replica is refused at start)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    path = Path(tempfile.mkdtemp(prefix="sidecar-key-")) / "signing-key.pem"
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    path.write_bytes(pem)
+    return str(path)
+
+
 def start_sidecar(
     upstream_url: str, port: int | None = None, cwd: Path | None = None, **extra: str
 ) -> Process:

@@ -286,6 +286,21 @@ def _iso_time(text: str) -> float | None:
         return None
 
 
+def check_keys(settings: Settings) -> None:
+    """What :func:`load_keyset` checks, without generating a key: a static
+    JWKS decrypts with the secret, a key file parses, generated keys already
+    in data_dir parse (check-config)."""
+    if settings.jwks or settings.signing_key_file:
+        load_keyset(settings)
+        return
+    path = keys_file(settings)
+    for key in read_managed_keys(path):
+        try:
+            _private_key(key["jwk"], key["alg"])
+        except (KeyError, TypeError, ValueError, jwt.InvalidKeyError) as exc:
+            raise ConfigError("data_dir", f"{path} holds a key that does not load: {exc}") from None
+
+
 def load_keyset(settings: Settings) -> KeySet:
     if settings.jwks:
         return _static_mode(settings)

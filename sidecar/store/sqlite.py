@@ -69,14 +69,23 @@ class SQLiteStore:
             raise StoreUnavailable(f"sqlite: {exc}") from exc
 
     def _open(self) -> None:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        # busy_timeout first: several worker processes open the file at once.
-        conn.execute("PRAGMA busy_timeout=5000")
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(SCHEMA)
+        try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            # busy_timeout first: several worker processes open the file at once.
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            # Name the key and the file: "unable to open database file" alone
+            # says neither which setting nor which path.
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise StoreUnavailable(
+                f"store_url (SIDECAR_STORE_URL): cannot open {Path(self.path).resolve()}: "
+                f"{reason}"
+            ) from exc
         self._conn = conn
 
     async def open(self) -> None:

@@ -157,7 +157,13 @@ def test_the_clients_command_adds_lists_and_removes(tmp_path: Path) -> None:
         )
 
     added = cli(
-        "add", "--name", "Internal tool", "--redirect-uri", "https://tool.test/cb", "--confidential"
+        "add",
+        "--name",
+        "Internal tool",
+        "--redirect-uri",
+        "https://tool.test/cb",
+        "--confidential",
+        "--create",  # the first command on a new store says it means to make one
     )
     assert added.returncode == 0, added.stderr
     client_id = added.stdout.split("client_id: ")[1].split()[0]

@@ -7,7 +7,7 @@ import re
 import httpx
 
 from tools.oauth import OAuthClient
-from tools.processes import Process, free_port, running, start_sidecar
+from tools.processes import Process, free_port, running, signing_key_file, start_sidecar
 
 
 def metrics_of(sidecar: Process) -> str:
@@ -60,7 +60,11 @@ def test_requests_upstream_tokens_store_and_keys_are_counted(upstream: Process) 
 def test_upstream_and_store_errors_are_counted() -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     redis_gone = f"redis://127.0.0.1:{free_port()}/0"
-    with running(start_sidecar(dead, SIDECAR_STORE_URL=redis_gone)) as sidecar:
+    with running(
+        start_sidecar(
+            dead, SIDECAR_STORE_URL=redis_gone, SIDECAR_SIGNING_KEY_FILE=signing_key_file()
+        )
+    ) as sidecar:
         assert httpx.get(sidecar.url + "/x").status_code == 502
         assert (
             httpx.post(

@@ -8,7 +8,14 @@ import httpx
 
 from tests.e2e.conftest import start_stack
 from tools.oauth import Browser, OAuthClient
-from tools.processes import Process, free_port, running, start_redis, start_sidecar
+from tools.processes import (
+    Process,
+    free_port,
+    running,
+    signing_key_file,
+    start_redis,
+    start_sidecar,
+)
 
 
 def wait_for(check, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
@@ -25,7 +32,11 @@ def test_with_redis_down_oauth_answers_503_the_app_keeps_working_and_it_recovers
 ) -> None:
     redis_port = free_port()
     redis = start_redis(redis_port)
-    sidecar = start_sidecar(upstream.url, SIDECAR_STORE_URL=f"redis://127.0.0.1:{redis_port}/0")
+    sidecar = start_sidecar(
+        upstream.url,
+        SIDECAR_STORE_URL=f"redis://127.0.0.1:{redis_port}/0",
+        SIDECAR_SIGNING_KEY_FILE=signing_key_file(),
+    )
     try:
         body = {"redirect_uris": ["http://127.0.0.1:1/cb"]}
         client_id = httpx.post(sidecar.url + "/oauth/register", json=body).json()["client_id"]
@@ -125,7 +136,11 @@ def test_with_redis_hanging_oauth_answers_503_within_the_socket_timeout(
     import signal
 
     redis = start_redis()
-    sidecar = start_sidecar(upstream.url, SIDECAR_STORE_URL=f"redis://127.0.0.1:{redis.port}/0")
+    sidecar = start_sidecar(
+        upstream.url,
+        SIDECAR_STORE_URL=f"redis://127.0.0.1:{redis.port}/0",
+        SIDECAR_SIGNING_KEY_FILE=signing_key_file(),
+    )
     try:
         body = {"redirect_uris": ["http://127.0.0.1:1/cb"]}
         assert httpx.post(sidecar.url + "/oauth/register", json=body).status_code == 201

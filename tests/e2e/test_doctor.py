@@ -365,6 +365,12 @@ def test_a_certificate_about_to_expire_fails_the_tls_line(upstream: Process, tmp
         )
     ) as sidecar:
         _, report, _ = doctor(f"{sidecar.url}/api/mcp", "--ca-file", str(ca.path))
+        code, untrusted, _ = doctor(f"{sidecar.url}/api/mcp")  # the private CA not given
+    assert code == 1
+    first = untrusted["checks"][0]
+    assert "certificate is not trusted" in first["seen"]
+    assert "--ca-file" in first["fix"]
+    assert untrusted["checks"][1]["seen"].startswith("not run:")
     tls = line(report, "TLS and clock")
     assert tls["ok"] is False
     assert "expires in" in tls["seen"]

@@ -83,8 +83,7 @@ class SQLiteStore:
             # says neither which setting nor which path.
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             raise StoreUnavailable(
-                f"store_url (SIDECAR_STORE_URL): cannot open {Path(self.path).resolve()}: "
-                f"{reason}"
+                f"store_url (SIDECAR_STORE_URL): cannot open {Path(self.path).resolve()}: {reason}"
             ) from exc
         self._conn = conn
 

@@ -89,7 +89,11 @@ class ScriptedUpstream:
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
-        writer.close()
+        finally:
+            # Also when the fixture cancels this handler at shutdown: a
+            # writer left open is collected after its loop closed, and that
+            # warning would fail whichever test runs then.
+            writer.close()
 
     @property
     def url(self) -> str:
@@ -99,9 +103,10 @@ class ScriptedUpstream:
         async def shutdown() -> None:
             self.server.close()
             current = asyncio.current_task()
-            for task in asyncio.all_tasks():
-                if task is not current:
-                    task.cancel()
+            handlers = [task for task in asyncio.all_tasks() if task is not current]
+            for task in handlers:
+                task.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
             await self.server.wait_closed()
 
         asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(5)

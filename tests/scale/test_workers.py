@@ -54,6 +54,17 @@ def test_two_workers_share_one_port_and_both_serve(two_workers: Process) -> None
     while len(children_of(two_workers.popen.pid)) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert len(children_of(two_workers.popen.pid)) == 2
+    # A forked worker accepts once it has started: wait for both to say so,
+    # or the first one alone may take every connection.
+    while time.monotonic() < deadline:
+        started = {
+            r.get("worker")
+            for r in two_workers.log_records()
+            if r.get("event") == "sidecar started"
+        }
+        if started >= {0, 1}:
+            break
+        time.sleep(0.1)
 
     async def many() -> list[httpx.Response]:
         async with httpx.AsyncClient(limits=httpx.Limits(max_connections=64)) as client:

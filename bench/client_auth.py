@@ -42,9 +42,9 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from bench.baseline import baseline_checkout
 from bench.nginx import tree_cpu
 from bench.tokens import LUA, REDIRECT, Result, parse
+from tools.checkout import checkout
 from tools.oauth import pkce_pair
 from tools.processes import ROOT, Process, free_port, start_sidecar
 
@@ -405,7 +405,7 @@ def run(seconds: int, baseline: str | None = None) -> None:
         while sidecars:
             sidecars.pop().process.stop()
 
-    with baseline_checkout(baseline) as tree:
+    with checkout(baseline) as tree:
         try:
             print("  1. public client vs private_key_jwt (inline jwks, RS256), default limits")
             limited = fresh(ROOT, DEFAULT_LIMITS)

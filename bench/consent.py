@@ -13,10 +13,10 @@ from pathlib import Path
 
 import httpx
 
-from bench.baseline import baseline_checkout
 from bench.nginx import measure
 from bench.tokens import Result
 from tools import fixtures
+from tools.checkout import checkout
 from tools.oauth import OAuthClient, form_fields
 from tools.processes import Process, free_port, start_better_auth, start_sidecar
 
@@ -60,7 +60,7 @@ def run(seconds: int, baseline: str | None = None) -> None:
         ("recheck every 60 s (default)", None, {}),
         ("recheck every time (0)", None, {"SIDECAR_SESSION_RECHECK_SECONDS": "0"}),
     ]
-    with baseline_checkout(baseline) as tree:
+    with checkout(baseline) as tree:
         if tree is not None and baseline:
             checkouts.append((f"baseline {baseline[:10]}", tree, {}))
         for label, cwd, extra in checkouts:

@@ -16,12 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.baseline import baseline_checkout
 from bench.nginx import measure
 from bench.tokens import Result
 from sidecar.config import load_settings
 from sidecar.keys import load_keyset
 from tools import fixtures
+from tools.checkout import checkout
 from tools.processes import Process, running, start_sidecar, start_upstream
 
 LUA = """
@@ -90,7 +90,7 @@ def run(seconds: int, baseline: str | None = None) -> None:
         ("one access token (Convex token reused)", None, 1),
         ("a new access token per request (minted)", None, 6000 * seconds),
     ]
-    with baseline_checkout(baseline) as tree, running(start_upstream()) as upstream:
+    with checkout(baseline) as tree, running(start_upstream()) as upstream:
         if tree is not None and baseline:
             variants.append((f"one access token, baseline {baseline[:10]}", tree, 1))
         for label, cwd, n in variants:

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.baseline import baseline_checkout
 from bench.run import signed_in_cookie
 from bench.tokens import Result, parse
+from tools.checkout import checkout
 from tools.processes import (
     Process,
     free_port,
@@ -90,7 +90,7 @@ def run(seconds: int, baseline: str | None = None) -> None:
         print("\n(g) skipped: nginx is not installed (apt-get install nginx-light)")
         return
     print("\n(g) the passthrough beside nginx (one worker each), same upstream, same run")
-    with baseline_checkout(baseline) as tree:
+    with checkout(baseline) as tree:
         upstream = start_upstream()
         nginx = start_nginx(upstream.port, ready_path="/health")
         sidecar = start_sidecar(upstream.url, SIDECAR_LOG_LEVEL="info")

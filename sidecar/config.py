@@ -237,25 +237,6 @@ class Settings:
     def on_public_origin(self, resource: Resource) -> bool:
         return is_under(resource.url, self.public_url)
 
-    def resource_scopes(self) -> set[str]:
-        """Scopes that belong to some resource, not to the server as a whole."""
-        scopes: set[str] = set()
-        for resource in self.resources:
-            scopes |= set(resource.advertised_scopes)
-        return self.expand_scopes(scopes)
-
-    def expand_scopes(self, scopes: set[str] | list[str] | tuple[str, ...]) -> set[str]:
-        """The scopes granted ones stand for, through ``scope_includes``."""
-        includes = dict(self.scope_includes)
-        seen: set[str] = set()
-        todo = list(scopes)
-        while todo:
-            scope = todo.pop()
-            if scope not in seen:
-                seen.add(scope)
-                todo.extend(includes.get(scope, ()))
-        return seen
-
     def redacted(self) -> dict[str, Any]:
         """The effective configuration for display, secrets replaced."""
         return {

@@ -18,6 +18,7 @@ from tools.processes import (
     Process,
     free_port,
     redis_available,
+    require,
     signing_key_file,
     start_redis,
 )
@@ -67,8 +68,7 @@ REUSE = {
 
 @pytest.fixture(scope="module")
 def redis() -> Iterator[Process]:
-    if not redis_available():
-        pytest.skip("redis-server is not installed")
+    require(redis_available(), "redis-server is not installed")
     server = start_redis()
     yield server
     server.stop()

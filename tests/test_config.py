@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.config import ConfigError, load_settings
+from sidecar.oauth.scopes import expand_scopes
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "config" / "sidecar.example.toml"
@@ -287,14 +288,14 @@ def test_scope_includes_read_from_toml_and_the_environment(tmp_path: Path) -> No
         "SIDECAR_SCOPE_INCLUDES": "mcp:admin=mcp:read",
     }
     s = load_settings(env=env)
-    assert s.expand_scopes(["mcp:admin"]) == {"mcp:admin", "mcp:read"}
+    assert expand_scopes(s, ["mcp:admin"]) == {"mcp:admin", "mcp:read"}
     config = tmp_path / "c.toml"
     config.write_text(
         'resources = ["/api/mcp;scopes=mcp:read mcp:write;scopes_supported=mcp:admin"]\n'
         'scope_includes = { "mcp:admin" = ["mcp:write"], "mcp:write" = ["mcp:read"] }\n'
     )
     s = load_settings(config, env={})
-    assert s.expand_scopes(["mcp:admin"]) == {"mcp:admin", "mcp:write", "mcp:read"}
+    assert expand_scopes(s, ["mcp:admin"]) == {"mcp:admin", "mcp:write", "mcp:read"}
 
 
 def test_scope_includes_naming_a_scope_no_one_offers_stops_start_up() -> None:

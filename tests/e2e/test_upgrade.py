@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import httpx
 import pytest
 
 from tools import fixtures
+from tools.checkout import checkout
 from tools.oauth import Browser, OAuthClient
 from tools.processes import (
     ROOT,
@@ -42,19 +42,9 @@ def release(request: pytest.FixtureRequest) -> Iterator[Path]:
     rev = str(request.param)
     known = subprocess.run(["git", "cat-file", "-e", f"{rev}^{{commit}}"], cwd=ROOT)
     require(known.returncode == 0, f"release {rev} is not in this clone's history")
-    tree = Path(tempfile.mkdtemp(prefix=f"sidecar-{rev}-")) / "tree"
-    subprocess.run(
-        ["git", "worktree", "add", "--detach", str(tree), rev],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    )
-    try:
+    with checkout(rev) as tree:
+        assert tree is not None
         yield tree
-    finally:
-        subprocess.run(
-            ["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True
-        )
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -1,6 +1,6 @@
 """The sidecar as it was at another git revision, checked out beside this
-one for the length of a benchmark (`--baseline REV`), so that both are
-measured in the same run."""
+one while it is needed: a benchmark's baseline (`--baseline REV`, measured in
+the same run) or a previous release an upgrade test starts."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tools.processes import ROOT
 
 
 @contextlib.contextmanager
-def baseline_checkout(rev: str | None) -> Iterator[Path | None]:
+def checkout(rev: str | None) -> Iterator[Path | None]:
     """A worktree of ``rev`` (removed afterwards), or None without one."""
     if not rev:
         yield None
